@@ -1,0 +1,263 @@
+"""The ingest stage's pure core: one input partition's state and what each message does to it.
+
+A :class:`PartitionProcessor` owns everything derived from one input topic
+partition: counters, the dedupe horizon, open event-time windows per
+(model, version, segment), the last closed window of each key, and
+``next_offset`` — the first input offset not yet applied. The stream layer
+feeds it raw messages in offset order and publishes what it returns
+(dead letters, closed windows); it never computes anything itself.
+
+Because state and ``next_offset`` always move together, a snapshot of
+:meth:`to_dict` plus a replay of the input from ``next_offset`` reproduces the
+state exactly (messages below ``next_offset`` only rebuild the dedupe horizon:
+see :meth:`process`). That is the recovery contract of ``streams/checkpoint.py``.
+
+>>> from prodlens.config import load_config
+>>> cfg = load_config(data={"models": {"m": {"output": "binary"}}})
+>>> p = PartitionProcessor(cfg, "prodlens.predictions", 0, "prediction")
+>>> out = p.process(b'{"event_id":"e1","prediction_id":"p1","timestamp":5,"model":"m",'
+...                 b'"version":"v1","output":{"score":0.3}}', offset=0, now=6.0)
+>>> p.counters["valid"], p.totals[("m", "v1", "__all__")], p.next_offset
+(1, 1, 1)
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import Config
+from .contract import DUPLICATE, LATE, Decoder, Rejection
+from .dedupe import EventIdDeduper
+from .segments import OTHER, SegmentFolder
+from .summary import WindowSummary
+
+MAX_VERSIONS = 32  # versions tracked per model; more fold into __other__ (cardinality cap)
+
+Key = tuple[str, str, str]               # (model, version, segment)
+WindowKey = tuple[str, str, str, float]  # (model, version, segment, window start)
+
+
+@dataclass
+class ClosedWindow:
+    model: str
+    version: str
+    segment: str
+    start: float
+    end: float
+    summary: WindowSummary
+
+    def to_record(self) -> dict[str, Any]:
+        """The summaries-topic record (schemas/summary.v1.json)."""
+        return {"type": "window_summary", "schema_version": 1, "model": self.model,
+                "version": self.version, "segment": self.segment, "window_start": self.start,
+                "window_end": self.end, "summary": self.summary.to_dict()}
+
+
+@dataclass
+class Outputs:
+    deadletters: list[tuple[bytes, dict]] = field(default_factory=list)  # (key, record)
+    closed: list[ClosedWindow] = field(default_factory=list)
+    delays: list[float] = field(default_factory=list)  # event time -> processed, seconds
+
+
+def _row(columns: dict[str, list], i: int) -> dict[str, Any]:
+    return {name: col[i] for name, col in columns.items() if col[i] is not None}
+
+
+class PartitionProcessor:
+    """State and processing of one input topic partition (pure: no Kafka, no asyncio)."""
+
+    def __init__(self, config: Config, topic: str, partition: int, kind: str):
+        self.config = config
+        self.topic = topic
+        self.partition = partition
+        self.kind = kind
+        self.decoder = Decoder(config.models, config.ingest.max_message_bytes)
+        self.window_length = config.window.length
+        self.lateness = config.window.allowed_lateness
+        self.dedupe = EventIdDeduper(config.ingest.dedupe_horizon)
+        self.folders = {
+            name: SegmentFolder({k: s.top_k for k, s in m.segments.items()},
+                                {k: s.values for k, s in m.segments.items()})
+            for name, m in config.models.items()}
+        self.features = {name: list(m.features) for name, m in config.models.items()}
+        self.versions: dict[str, dict[str, None]] = {name: {} for name in config.models}
+        self.next_offset = 0
+        self.watermark = -math.inf
+        self.counters: dict[str, int] = {"messages": 0, "events": 0, "valid": 0, "duplicate": 0,
+                                         "late": 0, "windows_closed": 0}
+        self.rejected: dict[str, int] = {}
+        self.totals: dict[Key, int] = {}
+        self.windows: dict[WindowKey, WindowSummary] = {}
+        self.last_closed: dict[Key, ClosedWindow] = {}
+        self.last_event_at: float | None = None   # processing time, for idle window closing
+
+    # -- processing ------------------------------------------------------------------------------
+    def process(self, raw: bytes | None, offset: int, now: float | None = None) -> Outputs:
+        """Apply one message. Messages below ``next_offset`` were applied before the last
+        snapshot: they only re-enter the dedupe horizon, so counts are never doubled."""
+        out = Outputs()
+        decoded = self.decoder.decode(raw, self.kind)
+        if offset < self.next_offset:
+            ids = decoded.columns.get("event_id", ())
+            for event_id in ids:
+                self.dedupe.seen(event_id, offset)
+            return out
+        now = time.time() if now is None else now
+        self.next_offset = offset + 1
+        self.last_event_at = now
+        self.counters["messages"] += 1
+        self.counters["events"] += decoded.count + len(decoded.rejections)
+        for rejection in decoded.rejections:
+            self._reject(out, rejection, raw, offset)
+        if not decoded.count:
+            return out
+        columns = decoded.columns
+        keep: list[int] = []
+        for i, event_id in enumerate(columns["event_id"]):
+            if self.dedupe.seen(event_id, offset):
+                self.counters["duplicate"] += 1
+                if self.config.ingest.deadletter_duplicates:
+                    self._reject(out, Rejection(DUPLICATE, f"event_id {event_id!r} was already processed",
+                                                i if decoded.envelope else None, _row(columns, i)),
+                                 raw, offset, count=False)
+            else:
+                keep.append(i)
+        self.counters["valid"] += len(keep)
+        timestamps = columns["timestamp"]
+        out.delays = [now - timestamps[i] for i in keep]
+        if self.kind == "prediction":
+            self._summarise(out, decoded.envelope, columns, keep, raw, offset)
+        return out
+
+    def _summarise(self, out: Outputs, envelope: bool, columns: dict[str, list], rows: list[int],
+                   raw: bytes, offset: int) -> None:
+        length, lateness = self.window_length, self.lateness
+        groups: dict[WindowKey, list[int]] = {}
+        timestamps, models, versions, segments = (columns["timestamp"], columns["model"],
+                                                  columns["version"], columns["segment"])
+        watermark = self.watermark
+        for i in rows:
+            ts = timestamps[i]
+            start = math.floor(ts / length) * length
+            if start + length + lateness <= watermark:
+                self.counters["late"] += 1
+                self._reject(out, Rejection(
+                    LATE, f"event time {ts:.3f} is in window [{start:.0f}, {start + length:.0f}) which "
+                          f"closed at watermark {watermark:.3f} (allowed lateness {lateness:g}s)",
+                    i if envelope else None, _row(columns, i)), raw, offset, count=False)
+                continue
+            model = models[i]
+            key = (model, self._version(model, versions[i]), self.folders[model].label(segments[i]), start)
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [i]
+            else:
+                group.append(i)
+            if ts > watermark:
+                watermark = ts
+        for key, group in groups.items():
+            summary = self.windows.get(key)
+            if summary is None:
+                summary = self.windows[key] = WindowSummary()
+            summary.add(group, columns, self.features[key[0]])
+            total_key = key[:3]
+            self.totals[total_key] = self.totals.get(total_key, 0) + len(group)
+        self.watermark = watermark
+        out.closed.extend(self.close_windows())
+
+    def _version(self, model: str, version: str) -> str:
+        seen = self.versions[model]
+        if version in seen:
+            return version
+        if len(seen) < MAX_VERSIONS:
+            seen[version] = None
+            return version
+        return OTHER
+
+    def _reject(self, out: Outputs, rejection: Rejection, raw: bytes | None, offset: int,
+                count: bool = True) -> None:
+        if count:
+            self.rejected[rejection.reason] = self.rejected.get(rejection.reason, 0) + 1
+        record = {
+            "reason": rejection.reason, "error": rejection.error,
+            "source": {"topic": self.topic, "partition": self.partition, "offset": offset,
+                       "index": rejection.index},
+            "original_b64": base64.b64encode(raw).decode() if raw is not None and rejection.index is None else None,
+            "event": rejection.event if rejection.index is not None else None,
+            "rejected_at": time.time(),
+        }
+        key = f"{self.topic}:{self.partition}:{offset}:{rejection.index if rejection.index is not None else '-'}"
+        out.deadletters.append((key.encode(), record))
+
+    # -- windows -------------------------------------------------------------------------------------
+    def close_windows(self) -> list[ClosedWindow]:
+        """Close every open window whose end plus allowed lateness the watermark has passed."""
+        closed: list[ClosedWindow] = []
+        limit = self.watermark - self.lateness
+        for key in [k for k in self.windows if k[3] + self.window_length <= limit]:
+            model, version, segment, start = key
+            window = ClosedWindow(model, version, segment, start, start + self.window_length,
+                                  self.windows.pop(key))
+            previous = self.last_closed.get(key[:3])
+            if previous is None or previous.start <= start:
+                self.last_closed[key[:3]] = window
+            closed.append(window)
+        self.counters["windows_closed"] += len(closed)
+        return sorted(closed, key=lambda w: (w.start, w.model, w.version, w.segment))
+
+    def advance_idle(self, now: float, idle_after: float) -> list[ClosedWindow]:
+        """Close windows of a partition that has been silent for ``idle_after`` seconds of
+        processing time, as if event time had moved on by the silence."""
+        if self.last_event_at is None or not self.windows or now - self.last_event_at < idle_after:
+            return []
+        self.watermark += now - self.last_event_at
+        self.last_event_at = now
+        return self.close_windows()
+
+    # -- snapshots ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": "prodlens.partition_state.v1", "topic": self.topic, "partition": self.partition,
+            "kind": self.kind, "next_offset": self.next_offset,
+            "dedupe_from": self.dedupe.oldest_offset,
+            "watermark": self.watermark if math.isfinite(self.watermark) else None,
+            "counters": self.counters, "rejected": self.rejected,
+            "totals": [[*k, v] for k, v in self.totals.items()],
+            "versions": {m: list(v) for m, v in self.versions.items()},
+            "segments": {m: f.to_dict() for m, f in self.folders.items()},
+            "windows": [[*k, s.to_dict()] for k, s in self.windows.items()],
+            "last_closed": [[w.model, w.version, w.segment, w.start, w.summary.to_dict()]
+                            for w in self.last_closed.values()],
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Load a snapshot taken by :meth:`to_dict` (replay from ``replay_from`` afterwards)."""
+        self.next_offset = state["next_offset"]
+        self.watermark = state["watermark"] if state["watermark"] is not None else -math.inf
+        self.counters.update(state["counters"])
+        self.rejected = dict(state["rejected"])
+        self.totals = {(m, v, s): n for m, v, s, n in state["totals"]}
+        for model, versions in state["versions"].items():
+            if model in self.versions:
+                self.versions[model] = dict.fromkeys(versions)
+        for model, admitted in state["segments"].items():
+            if model in self.folders:
+                self.folders[model].restore(admitted)
+        self.windows = {(m, v, s, start): WindowSummary.from_dict(d) for m, v, s, start, d in state["windows"]}
+        self.last_closed = {
+            (m, v, s): ClosedWindow(m, v, s, start, start + self.window_length, WindowSummary.from_dict(d))
+            for m, v, s, start, d in state["last_closed"]}
+        self._dedupe_from = state.get("dedupe_from")
+
+    @property
+    def replay_from(self) -> int:
+        """Where to resume reading after :meth:`restore`: far enough back to rebuild the
+        dedupe horizon; messages below ``next_offset`` are not applied twice."""
+        dedupe_from = getattr(self, "_dedupe_from", None)
+        return min(dedupe_from, self.next_offset) if dedupe_from is not None else self.next_offset
+

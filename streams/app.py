@@ -1,0 +1,271 @@
+"""The prodlens worker: faust wiring around the pure ingest core.
+
+One faust agent per input topic hands each raw message, in offset order, to the
+:class:`~prodlens.pipeline.PartitionProcessor` of its partition, then publishes
+what it returns: dead letters and closed-window summaries. Timers checkpoint
+state (``streams/checkpoint.py``) and close windows of idle partitions; the
+rebalance hooks restore state exactly before faust seeks. ``/metrics`` is served
+from the event loop itself, so a scrape always sees consistent state.
+
+Several workers with the same ``ingest.group_id`` share the partitions: scaling
+out is Kafka's consumer-group job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import faust
+import orjson
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from prodlens.config import Config
+from prodlens.metrics import DELAY_BUCKETS, BulkHistogram, PipelineCollector
+from prodlens.pipeline import Outputs, PartitionProcessor
+
+from .checkpoint import SnapshotWriter, read_latest_snapshots, snapshot_key
+from .kafka import client_options, faust_broker_url, faust_credentials
+
+log = logging.getLogger("prodlens.worker")
+
+
+@dataclass
+class PartitionRuntime:
+    """A processor plus the delivery futures of outputs not yet covered by a snapshot."""
+
+    processor: PartitionProcessor
+    unsnapshotted: list[asyncio.Future] = field(default_factory=list)
+    dirty: bool = False
+    # Held from processing a message until its outputs are queued, and while snapshotting,
+    # so a snapshot never covers a message whose outputs it does not wait for.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class Pipeline:
+    """One prodlens worker process."""
+
+    def __init__(self, config: Config, bootstrap: str, *, metrics_port: int | None = None,
+                 metrics_host: str | None = None, idle_close: float | None = None,
+                 datadir: str | None = None, loglevel: str = "warn"):
+        self.config = config
+        self.bootstrap = bootstrap
+        self.metrics_host = metrics_host or config.metrics.host
+        self.metrics_port = config.metrics.port if metrics_port is None else metrics_port
+        self.idle_close = config.window.length + config.window.allowed_lateness \
+            if idle_close is None else idle_close
+        self.loglevel = loglevel
+        self.kinds = config.topics.inputs()
+        self.partitions: dict[tuple[str, int], PartitionRuntime] = {}
+        self.delays = {topic: BulkHistogram(DELAY_BUCKETS) for topic in self.kinds}
+        self.ready = asyncio.Event()
+        self.snapshots_restored = 0
+        self._producer: AIOKafkaProducer | None = None
+        self._snapshots: SnapshotWriter | None = None
+        self._start_lock: asyncio.Lock | None = None
+        self._metrics_runner: web.AppRunner | None = None
+        self.registry = CollectorRegistry()
+        self.registry.register(PipelineCollector(
+            lambda: [rt.processor for rt in self.partitions.values()], self._lag, lambda: self.delays))
+        self.app = self._build_app(datadir)
+
+    # -- faust app -------------------------------------------------------------------------------
+    def _build_app(self, datadir: str | None) -> faust.App:
+        cfg = self.config
+        app = faust.App(
+            cfg.ingest.group_id,
+            broker=faust_broker_url(self.bootstrap),
+            broker_credentials=faust_credentials(cfg.broker),
+            # tansu holds a group join for half the session timeout: 10 s keeps joins near 5 s.
+            broker_session_timeout=10,
+            broker_heartbeat_interval=1,
+            broker_request_timeout=40,
+            consumer_auto_offset_reset="earliest",
+            topic_partitions=cfg.broker.partitions,
+            topic_replication_factor=cfg.broker.replication_factor,
+            web_enabled=False,
+            store="memory://",
+            datadir=datadir or tempfile.mkdtemp(prefix="prodlens-faust-"),
+            stream_wait_empty=True,
+            consumer_max_fetch_size=16 << 20,
+            producer_max_request_size=16 << 20,
+            loghandlers=[],
+        )
+        for topic_name in self.kinds:
+            topic = app.topic(topic_name, key_type=bytes, value_type=bytes, key_serializer="raw",
+                              value_serializer="raw", partitions=cfg.broker.partitions)
+            app.agent(topic, name=f"ingest-{topic_name}")(self._consume)
+        app.timer(cfg.ingest.checkpoint_interval)(self.checkpoint_all)
+        app.timer(1.0)(self._close_idle_windows)
+        app.on_rebalance_complete.connect(self._on_rebalance_complete)
+        app.on_partitions_revoked.connect(self._on_partitions_revoked)
+        app.on_before_shutdown.connect(self._on_shutdown)
+        app.task(self._start_metrics_server)
+        return app
+
+    async def _ensure_started(self) -> None:
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._producer is None:
+                options = client_options(self.config.broker)
+                producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=20,
+                                            max_request_size=16 << 20, **options)
+                await producer.start()
+                snapshots = SnapshotWriter(self.bootstrap, self.config.topics.state, options)
+                await snapshots.start()
+                self._producer, self._snapshots = producer, snapshots
+
+    # -- the agent ------------------------------------------------------------------------------------
+    async def _consume(self, stream):
+        async for event in stream.events():
+            message = event.message
+            runtime = self.partitions.get((message.topic, message.partition))
+            if runtime is None:  # assigned but not restored yet: cannot happen while paused
+                log.warning("message for unowned partition %s:%s", message.topic, message.partition)
+                continue
+            async with runtime.lock:
+                outputs = runtime.processor.process(message.value, message.offset)
+                runtime.dirty = True
+                if outputs.deadletters or outputs.closed:
+                    await self._publish(runtime, outputs)
+            if outputs.delays:
+                self.delays[message.topic].observe_many(outputs.delays)
+
+    async def _publish(self, runtime: PartitionRuntime, outputs: Outputs) -> None:
+        await self._ensure_started()
+        topics = self.config.topics
+        for key, record in outputs.deadletters:
+            runtime.unsnapshotted.append(
+                await self._producer.send(topics.deadletter, orjson.dumps(record), key=key))
+        for window in outputs.closed:
+            key = f"{window.model}/{window.version}/{window.segment}".encode()
+            runtime.unsnapshotted.append(
+                await self._producer.send(topics.summaries, orjson.dumps(window.to_record()), key=key))
+
+    # -- checkpoints and recovery ----------------------------------------------------------------------
+    async def checkpoint(self, runtime: PartitionRuntime) -> None:
+        """Snapshot one partition once the outputs of every message it covers are delivered."""
+        await self._ensure_started()
+        async with runtime.lock:
+            state = runtime.processor.to_dict()
+            covers, runtime.unsnapshotted = runtime.unsnapshotted, []
+            runtime.dirty = False
+        await self._snapshots.write(state, covers)
+
+    async def checkpoint_all(self) -> None:
+        for runtime in list(self.partitions.values()):
+            if runtime.dirty:
+                try:
+                    await self.checkpoint(runtime)
+                except Exception:  # the next interval tries again; never stop the worker
+                    runtime.dirty = True
+                    log.exception("checkpoint of %s:%s failed", runtime.processor.topic,
+                                  runtime.processor.partition)
+
+    async def _on_rebalance_complete(self, sender, **kwargs) -> None:
+        """Runs after assignment and before faust seeks to committed offsets: restore state
+        and rewind the committed offset to where the snapshot's replay must start."""
+        consumer = self.app.consumer
+        assigned = {(tp.topic, tp.partition) for tp in consumer.assignment() if tp.topic in self.kinds}
+        new = sorted(assigned - set(self.partitions))
+        if not new:
+            self.ready.set()
+            return
+        await self._ensure_started()
+        wanted = {snapshot_key(topic, p): (topic, p) for topic, p in new}
+        snapshots = await read_latest_snapshots(
+            self.bootstrap, self.config.topics.state, sorted({p for _, p in new}), set(wanted),
+            client_options(self.config.broker))
+        rewind = {}
+        for key, (topic, partition) in wanted.items():
+            processor = PartitionProcessor(self.config, topic, partition, self.kinds[topic])
+            state = snapshots.get(key)
+            if state is not None:
+                processor.restore(state)
+                self.snapshots_restored += 1
+                rewind[_tp(topic, partition)] = processor.replay_from
+            self.partitions[(topic, partition)] = PartitionRuntime(processor)
+        if rewind:
+            # faust's perform_seek (right after this signal) seeks to the committed offsets.
+            await consumer._commit(rewind)
+            log.info("restored %d partition snapshots; replay from %s", len(rewind),
+                     {f"{tp.topic}:{tp.partition}": o for tp, o in rewind.items()})
+        self.ready.set()
+
+    async def _on_partitions_revoked(self, sender, revoked, **kwargs) -> None:
+        for tp in revoked:
+            runtime = self.partitions.pop((tp.topic, tp.partition), None)
+            if runtime is not None and runtime.dirty:
+                try:
+                    await self.checkpoint(runtime)
+                except Exception:
+                    log.exception("final checkpoint of %s:%s failed; the next owner replays more",
+                                  tp.topic, tp.partition)
+
+    async def _on_shutdown(self, sender, **kwargs) -> None:
+        await self.checkpoint_all()
+        if self._producer is not None:
+            await self._producer.stop()
+            await self._snapshots.stop()
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
+
+    async def _close_idle_windows(self) -> None:
+        now = time.time()
+        for runtime in list(self.partitions.values()):
+            async with runtime.lock:
+                closed = runtime.processor.advance_idle(now, self.idle_close)
+                if closed:
+                    runtime.dirty = True
+                    await self._publish(runtime, Outputs(closed=closed))
+
+    # -- metrics ---------------------------------------------------------------------------------------------
+    def _lag(self) -> dict[tuple[str, int], int]:
+        lags = {}
+        try:
+            consumer = self.app.consumer
+        except Exception:
+            return lags
+        for (topic, partition), runtime in list(self.partitions.items()):
+            try:
+                highwater = consumer.highwater(_tp(topic, partition))
+            except Exception:
+                highwater = None
+            if highwater is not None:
+                lags[(topic, partition)] = max(0, highwater - runtime.processor.next_offset)
+        return lags
+
+    async def _start_metrics_server(self) -> None:
+        async def metrics(request: web.Request) -> web.Response:
+            body = generate_latest(self.registry)
+            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        async def health(request: web.Request) -> web.Response:
+            return web.json_response({"ready": self.ready.is_set(),
+                                      "partitions": [f"{t}:{p}" for t, p in sorted(self.partitions)]})
+
+        web_app = web.Application()
+        web_app.router.add_get("/metrics", metrics)
+        web_app.router.add_get("/healthz", health)
+        self._metrics_runner = web.AppRunner(web_app, access_log=None)
+        await self._metrics_runner.setup()
+        site = web.TCPSite(self._metrics_runner, self.metrics_host, self.metrics_port)
+        await site.start()
+        if not self.metrics_port:  # port 0: record the one the OS chose
+            self.metrics_port = self._metrics_runner.addresses[0][1]
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.metrics_host}:{self.metrics_port}/metrics"
+
+
+def _tp(topic: str, partition: int):
+    from faust.types import TP
+
+    return TP(topic, partition)
