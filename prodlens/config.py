@@ -87,10 +87,11 @@ class ModelConfig(Strict):
 class WindowConfig(Strict):
     length: float = Field(60.0, description="tumbling window length in event time")
     allowed_lateness: float = Field(30.0, description="how long after its end a window still accepts events")
-    keep_closed: int = Field(60, ge=1, le=10_000, description="closed windows kept in memory per key")
+    idle_close: float | None = Field(None, description="close windows of a partition silent this long "
+                                     "(processing time); default: length + allowed_lateness")
 
-    _durations = field_validator("length", "allowed_lateness", mode="before")(
-        lambda cls, v: parse_duration(v))
+    _durations = field_validator("length", "allowed_lateness", "idle_close", mode="before")(
+        lambda cls, v: None if v is None else parse_duration(v))
 
     @property
     def length_s(self) -> float:

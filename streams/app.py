@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -57,8 +58,8 @@ class Pipeline:
         self.bootstrap = bootstrap
         self.metrics_host = metrics_host or config.metrics.host
         self.metrics_port = config.metrics.port if metrics_port is None else metrics_port
-        self.idle_close = config.window.length + config.window.allowed_lateness \
-            if idle_close is None else idle_close
+        self.idle_close = idle_close or config.window.idle_close \
+            or config.window.length + config.window.allowed_lateness
         self.loglevel = loglevel
         self.kinds = config.topics.inputs()
         self.partitions: dict[tuple[str, int], PartitionRuntime] = {}
@@ -194,8 +195,9 @@ class Pipeline:
         if rewind:
             # faust's perform_seek (right after this signal) seeks to the committed offsets.
             await consumer._commit(rewind)
-            log.info("restored %d partition snapshots; replay from %s", len(rewind),
-                     {f"{tp.topic}:{tp.partition}": o for tp, o in rewind.items()})
+            replay = ", ".join(f"{tp.topic}:{tp.partition}@{o}" for tp, o in sorted(rewind.items()))
+            print(f"[prodlens] restored {len(rewind)} partition snapshot(s); replaying from {replay}",
+                  file=sys.stderr, flush=True)
         self.ready.set()
 
     async def _on_partitions_revoked(self, sender, revoked, **kwargs) -> None:
