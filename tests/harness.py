@@ -147,3 +147,57 @@ def read_topic_sync(bootstrap: str, topic: str) -> list[tuple[int, int, bytes, b
 
 def load(path: Path):
     return load_config(path)
+
+
+class PrometheusServer:
+    """A real Prometheus (Debian package ``prometheus``) scraping the given targets every second."""
+
+    def __init__(self, targets: list[str], workdir: Path, rule_files: list[Path] = ()):
+        import shutil
+
+        self.binary = shutil.which("prometheus")
+        self.port = free_port()
+        self.workdir = workdir
+        self.targets = targets
+        self.rule_files = list(rule_files)
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30) -> "PrometheusServer":
+        config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                  "rule_files": [str(p) for p in self.rule_files],
+                  "scrape_configs": [{"job_name": "prodlens", "static_configs": [{"targets": self.targets}]}]}
+        path = self.workdir / "prometheus.yml"
+        path.write_text(yaml.safe_dump(config))
+        self.process = subprocess.Popen(
+            [self.binary, f"--config.file={path}", f"--storage.tsdb.path={self.workdir / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{self.port}"],
+            stdout=open(self.workdir / "prometheus.log", "ab"), stderr=subprocess.STDOUT)
+        wait_for(lambda: self._get("/-/ready") is not None, timeout=timeout, what="prometheus ready")
+        return self
+
+    def _get(self, path: str):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+                return r.read()
+        except OSError:
+            return None
+
+    def query(self, promql: str) -> list[dict]:
+        """Instant query through the HTTP API; the result vector (or matrix) list."""
+        from urllib.parse import quote
+
+        body = self._get(f"/api/v1/query?query={quote(promql)}")
+        if body is None:
+            raise OSError("prometheus query failed")
+        data = orjson.loads(body)
+        if data["status"] != "success":
+            raise AssertionError(f"{promql}: {data}")
+        return data["data"]["result"]
+
+    def api(self, path: str) -> dict:
+        return orjson.loads(self._get(path))
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(20)
