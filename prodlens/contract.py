@@ -34,6 +34,8 @@ from typing import Any, Iterable
 import fastjsonschema
 import orjson
 
+from .columnar import fast_columns, fast_rows
+
 KINDS = ("prediction", "feedback", "outcome")
 SCHEMA_FILES = {
     "prediction": "prediction.v1.json",
@@ -169,11 +171,12 @@ def _first_non_finite(obj: Any, path: str = "") -> str | None:
     return None
 
 
-def check_event(event: Any, kind: str) -> Rejection | None:
+def check_event(event: Any, kind: str, finite_checked: bool = False) -> Rejection | None:
     """Validate one event object; ``None`` when it is good.
 
-    Schema violations name the field; non-finite numbers (``1e999`` parses as
-    infinity) are rejected separately because JSON Schema cannot say "finite".
+    Schema violations name the field; non-finite numbers are rejected separately
+    because JSON Schema cannot say "finite". orjson already refuses NaN and
+    infinity, so decoded messages pass ``finite_checked=True`` and skip that walk.
     """
     if not isinstance(event, dict):
         return Rejection(SCHEMA_VIOLATION, f"(the event): must be an object, got {type(event).__name__}")
@@ -181,9 +184,10 @@ def check_event(event: Any, kind: str) -> Rejection | None:
         validator(kind)(event)
     except fastjsonschema.JsonSchemaValueException as exc:
         return Rejection(SCHEMA_VIOLATION, _describe(exc))
-    bad = _first_non_finite(event)
-    if bad:
-        return Rejection(NON_FINITE, f"{bad}: must be a finite number (NaN and infinity are not allowed)")
+    if not finite_checked:
+        bad = _first_non_finite(event)
+        if bad:
+            return Rejection(NON_FINITE, f"{bad}: must be a finite number (NaN and infinity are not allowed)")
     try:
         parse_timestamp(event["timestamp"])
     except ValueError as exc:
@@ -191,36 +195,62 @@ def check_event(event: Any, kind: str) -> Rejection | None:
     return None
 
 
-# Columns every kind carries, with the value used when an event leaves it out.
-COLUMNS: dict[str, dict[str, Any]] = {
-    "prediction": {"event_id": None, "prediction_id": None, "timestamp": None, "model": None,
-                   "version": None, "role": "primary", "experiment": None, "variant": None,
-                   "unit_id": None, "segment": None, "features": None, "output": None,
-                   "latency_ms": None},
-    "feedback": {"event_id": None, "prediction_id": None, "timestamp": None, "model": None,
-                 "kind": None, "value": None, "size": None, "corrected": None},
-    "outcome": {"event_id": None, "unit_id": None, "timestamp": None, "metric": None,
-                "value": None, "model": None, "experiment": None, "segment": None},
+# Top-level fields of each kind; NESTED ones are objects that become dicts of columns.
+FIELDS: dict[str, tuple[str, ...]] = {
+    "prediction": ("event_id", "prediction_id", "timestamp", "model", "version", "role", "experiment",
+                   "variant", "unit_id", "segment", "features", "output", "latency_ms"),
+    "feedback": ("event_id", "prediction_id", "timestamp", "model", "kind", "value", "size", "corrected"),
+    "outcome": ("event_id", "unit_id", "timestamp", "metric", "value", "model", "experiment", "segment"),
 }
+NESTED = frozenset({"segment", "features", "output"})
 
 
-def rows_to_columns(kind: str, events: list[dict]) -> dict[str, list]:
-    """Turn validated row events into columns; nested objects stay one dict per row.
+def rows_to_columns(kind: str, events: list[dict]) -> dict[str, Any]:
+    """Validated row events -> the canonical columns every stage consumes.
 
-    ``timestamp`` becomes epoch seconds. The columnar form is what summarisers use.
+    Plain fields become one list each (``None`` where absent); nested objects
+    (segment, features, output) become a dict of such lists; ``timestamp`` is
+    epoch seconds.
+
+    >>> rows_to_columns("outcome", [{"event_id": "a", "unit_id": "u", "timestamp": 1,
+    ...                               "metric": "m", "value": 2.0, "segment": {"c": "US"}}])["segment"]
+    {'c': ['US']}
     """
-    defaults = COLUMNS[kind]
-    columns: dict[str, list] = {}
-    for name, default in defaults.items():
-        columns[name] = [event.get(name, default) for event in events]
+    columns: dict[str, Any] = {}
+    for name in FIELDS[kind]:
+        if name in NESTED:
+            nested: dict[str, list] = {}
+            for i, event in enumerate(events):
+                for key, value in (event.get(name) or {}).items():
+                    column = nested.get(key)
+                    if column is None:
+                        column = nested[key] = [None] * len(events)
+                    column[i] = value
+            columns[name] = nested
+        else:
+            columns[name] = [event.get(name) for event in events]
     columns["timestamp"] = [parse_timestamp(t) for t in columns["timestamp"]]
     return columns
+
+
+def row_of(columns: dict[str, Any], i: int) -> dict[str, Any]:
+    """Event ``i`` rebuilt from canonical columns (for dead letters), without null fields."""
+    row: dict[str, Any] = {}
+    for name, column in columns.items():
+        if isinstance(column, dict):
+            nested = {k: v[i] for k, v in column.items() if v[i] is not None}
+            if nested:
+                row[name] = nested
+        elif column[i] is not None:
+            row[name] = column[i]
+    return row
 
 
 def columns_to_rows(kind: str, count: int, columns: dict[str, Any]) -> list[dict]:
     """Expand a columnar envelope into row events (scalars repeat; nested objects of arrays split).
 
-    Used to validate columnar envelopes exactly as single events are validated.
+    The slow path: used when the fast columnar check (``prodlens.columnar``) cannot
+    vouch for every row, so each row is validated, and rejected, on its own.
     """
     rows: list[dict] = [{} for _ in range(count)]
     for name, column in columns.items():
@@ -228,21 +258,15 @@ def columns_to_rows(kind: str, count: int, columns: dict[str, Any]) -> list[dict
             if len(column) != count:
                 raise ValueError(f"columns.{name}: has {len(column)} values, count says {count}")
             for row, value in zip(rows, column):
-                if value is not None or name not in COLUMNS[kind] or COLUMNS[kind][name] is None:
-                    if value is not None:
-                        row[name] = value
+                if value is not None:
+                    row[name] = value
         elif isinstance(column, dict):
-            # A nested object (features, segment, output, probabilities): each member a column.
-            nested = _split_nested(name, column, count)
-            for row, value in zip(rows, nested):
-                if value:
+            for row, value in zip(rows, _split_nested(name, column, count)):
+                if value or name == "output":
                     row[name] = value
-                elif name == "output":
-                    row[name] = value
-        else:
+        elif column is not None:
             for row in rows:
-                if column is not None:
-                    row[name] = column
+                row[name] = column
     return rows
 
 
@@ -252,12 +276,9 @@ def _split_nested(path: str, column: dict, count: int) -> list[dict]:
         if isinstance(values, list):
             if len(values) != count:
                 raise ValueError(f"columns.{path}.{key}: has {len(values)} values, count says {count}")
+            keep_null = path in ("features", "segment")  # null there means "missing", a value
             for row, value in zip(out, values):
-                if value is not None or path == "features" or path == "segment":
-                    row[key] = value
-        elif isinstance(values, dict):
-            for row, value in zip(out, _split_nested(f"{path}.{key}", values, count)):
-                if value:
+                if value is not None or keep_null:
                     row[key] = value
         else:
             for row in out:
@@ -314,6 +335,10 @@ class Decoder:
         if "events" in doc:
             self._add_rows(out, doc["events"], whole_message=False)
             return
+        fast = fast_columns(out.kind, doc["count"], doc["columns"])
+        if fast is not None:
+            self._add_fast(out, fast, doc["count"])
+            return
         try:
             rows = columns_to_rows(out.kind, doc["count"], doc["columns"])
         except ValueError as exc:
@@ -321,14 +346,40 @@ class Decoder:
             return
         self._add_rows(out, rows, whole_message=False)
 
+    def _add_fast(self, out: Decoded, columns: dict[str, Any], count: int,
+                  whole_message: bool = False) -> None:
+        """A columnar envelope whose every row is known valid: only model names remain to check."""
+        if self.known_models is not None and out.kind == "prediction":
+            models = columns["model"]
+            unknown = [i for i, m in enumerate(models) if m not in self.known_models] \
+                if len(set(models)) > 1 or models[0] not in self.known_models else []
+            if unknown:
+                bad = set(unknown)
+                for i in unknown:
+                    out.rejections.append(Rejection(UNKNOWN_MODEL, self._unknown(models[i])) if whole_message
+                                          else Rejection(UNKNOWN_MODEL, self._unknown(models[i]), i,
+                                                         row_of(columns, i)))
+                keep = [i for i in range(count) if i not in bad]
+                columns = _take(columns, keep)
+                count = len(keep)
+        out.count = count
+        if count:
+            out.columns = columns
+
+    def _unknown(self, model: str) -> str:
+        return f"model: {model!r} is not configured (known: {', '.join(sorted(self.known_models)) or 'none'})"
+
     def _add_rows(self, out: Decoded, events: list, whole_message: bool) -> None:
+        fast = fast_rows(out.kind, events)
+        if fast is not None:
+            self._add_fast(out, fast, len(events), whole_message)
+            return
         good: list[dict] = []
         for i, event in enumerate(events):
-            rejection = check_event(event, out.kind)
+            rejection = check_event(event, out.kind, finite_checked=True)
             if rejection is None and self.known_models is not None and out.kind == "prediction" \
                     and event["model"] not in self.known_models:
-                rejection = Rejection(UNKNOWN_MODEL, f"model: {event['model']!r} is not configured "
-                                      f"(known: {', '.join(sorted(self.known_models)) or 'none'})")
+                rejection = Rejection(UNKNOWN_MODEL, self._unknown(event["model"]))
             if rejection is None:
                 good.append(event)
             else:
@@ -339,6 +390,11 @@ class Decoder:
         out.count = len(good)
         if good:
             out.columns = rows_to_columns(out.kind, good)
+
+
+def _take(columns: dict[str, Any], rows: list[int]) -> dict[str, Any]:
+    return {name: ({k: [v[i] for i in rows] for k, v in col.items()} if isinstance(col, dict)
+                   else [col[i] for i in rows]) for name, col in columns.items()}
 
 
 def decode_message(raw: bytes, kind: str) -> Decoded:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Config
-from .contract import DUPLICATE, LATE, Decoder, Rejection
+from .contract import DUPLICATE, LATE, Decoder, Rejection, row_of
 from .dedupe import EventIdDeduper
 from .segments import OTHER, SegmentFolder
 from .summary import WindowSummary
@@ -64,10 +64,6 @@ class Outputs:
     delays: list[float] = field(default_factory=list)  # event time -> processed, seconds
 
 
-def _row(columns: dict[str, list], i: int) -> dict[str, Any]:
-    return {name: col[i] for name, col in columns.items() if col[i] is not None}
-
-
 class PartitionProcessor:
     """State and processing of one input topic partition (pure: no Kafka, no asyncio)."""
 
@@ -93,6 +89,7 @@ class PartitionProcessor:
         self.rejected: dict[str, int] = {}
         self.totals: dict[Key, int] = {}
         self.windows: dict[WindowKey, WindowSummary] = {}
+        self._earliest_start = math.inf  # start of the oldest open window: cheap "anything to close?"
         self.last_closed: dict[Key, ClosedWindow] = {}
         self.last_event_at: float | None = None   # processing time, for idle window closing
 
@@ -123,7 +120,7 @@ class PartitionProcessor:
                 self.counters["duplicate"] += 1
                 if self.config.ingest.deadletter_duplicates:
                     self._reject(out, Rejection(DUPLICATE, f"event_id {event_id!r} was already processed",
-                                                i if decoded.envelope else None, _row(columns, i)),
+                                                i if decoded.envelope else None, row_of(columns, i)),
                                  raw, offset, count=False)
             else:
                 keep.append(i)
@@ -134,13 +131,12 @@ class PartitionProcessor:
             self._summarise(out, decoded.envelope, columns, keep, raw, offset)
         return out
 
-    def _summarise(self, out: Outputs, envelope: bool, columns: dict[str, list], rows: list[int],
+    def _summarise(self, out: Outputs, envelope: bool, columns: dict[str, Any], rows: list[int],
                    raw: bytes, offset: int) -> None:
         length, lateness = self.window_length, self.lateness
-        groups: dict[WindowKey, list[int]] = {}
-        timestamps, models, versions, segments = (columns["timestamp"], columns["model"],
-                                                  columns["version"], columns["segment"])
+        timestamps, models, versions = columns["timestamp"], columns["model"], columns["version"]
         watermark = self.watermark
+        by_model: dict[str, list[int]] = {}
         for i in rows:
             ts = timestamps[i]
             start = math.floor(ts / length) * length
@@ -149,21 +145,32 @@ class PartitionProcessor:
                 self._reject(out, Rejection(
                     LATE, f"event time {ts:.3f} is in window [{start:.0f}, {start + length:.0f}) which "
                           f"closed at watermark {watermark:.3f} (allowed lateness {lateness:g}s)",
-                    i if envelope else None, _row(columns, i)), raw, offset, count=False)
+                    i if envelope else None, row_of(columns, i)), raw, offset, count=False)
                 continue
-            model = models[i]
-            key = (model, self._version(model, versions[i]), self.folders[model].label(segments[i]), start)
-            group = groups.get(key)
-            if group is None:
-                groups[key] = [i]
-            else:
-                group.append(i)
             if ts > watermark:
                 watermark = ts
+            model = models[i]
+            group = by_model.get(model)
+            if group is None:
+                by_model[model] = [i]
+            else:
+                group.append(i)
+        groups: dict[WindowKey, list[int]] = {}
+        for model, model_rows in by_model.items():
+            labels = self.folders[model].labels(columns["segment"], model_rows)
+            for i, segment in zip(model_rows, labels):
+                key = (model, self._version(model, versions[i]), segment,
+                       math.floor(timestamps[i] / length) * length)
+                group = groups.get(key)
+                if group is None:
+                    groups[key] = [i]
+                else:
+                    group.append(i)
         for key, group in groups.items():
             summary = self.windows.get(key)
             if summary is None:
                 summary = self.windows[key] = WindowSummary()
+                self._earliest_start = min(self._earliest_start, key[3])
             summary.add(group, columns, self.features[key[0]])
             total_key = key[:3]
             self.totals[total_key] = self.totals.get(total_key, 0) + len(group)
@@ -199,6 +206,8 @@ class PartitionProcessor:
         """Close every open window whose end plus allowed lateness the watermark has passed."""
         closed: list[ClosedWindow] = []
         limit = self.watermark - self.lateness
+        if not self.windows or limit < self._earliest_start + self.window_length:
+            return closed
         for key in [k for k in self.windows if k[3] + self.window_length <= limit]:
             model, version, segment, start = key
             window = ClosedWindow(model, version, segment, start, start + self.window_length,
@@ -208,6 +217,7 @@ class PartitionProcessor:
                 self.last_closed[key[:3]] = window
             closed.append(window)
         self.counters["windows_closed"] += len(closed)
+        self._earliest_start = min((k[3] for k in self.windows), default=math.inf)
         return sorted(closed, key=lambda w: (w.start, w.model, w.version, w.segment))
 
     def advance_idle(self, now: float, idle_after: float) -> list[ClosedWindow]:
@@ -249,6 +259,7 @@ class PartitionProcessor:
             if model in self.folders:
                 self.folders[model].restore(admitted)
         self.windows = {(m, v, s, start): WindowSummary.from_dict(d) for m, v, s, start, d in state["windows"]}
+        self._earliest_start = min((k[3] for k in self.windows), default=math.inf)
         self.last_closed = {
             (m, v, s): ClosedWindow(m, v, s, start, start + self.window_length, WindowSummary.from_dict(d))
             for m, v, s, start, d in state["last_closed"]}

@@ -14,7 +14,7 @@ state, so they survive restarts.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 OTHER = "__other__"
 MISSING = "__missing__"
@@ -58,6 +58,22 @@ class SegmentFolder:
         if len(self._cache) < 4096:
             self._cache[raw] = label
         return label
+
+    def labels(self, columns: Mapping[str, list], rows: Sequence[int]) -> list[str]:
+        """Labels of rows of canonical segment columns (a dict of lists)."""
+        if not self.keys:
+            return [ALL] * len(rows)
+        cols = [columns.get(k) for k in self.keys]
+        cache, out = self._cache, []
+        for i in rows:
+            raw = tuple(c[i] if c is not None else None for c in cols)
+            label = cache.get(raw)
+            if label is None:
+                label = ",".join(f"{k}={self._value(k, v)}" for k, v in zip(self.keys, raw))
+                if len(cache) < 4096:
+                    cache[raw] = label
+            out.append(label)
+        return out
 
     def to_dict(self) -> dict:
         return {k: list(v) for k, v in self.admitted.items()}

@@ -25,6 +25,12 @@ OTHER_CLASS = "__other__"
 LATENCY_QUANTILES = (0.5, 0.9, 0.95, 0.99)
 
 
+def _present(column: list | None, rows: Sequence[int]) -> list:
+    if column is None:
+        return []
+    return [v for v in (column[i] for i in rows) if v is not None]
+
+
 @dataclass
 class WindowSummary:
     """What one window of one (model, version, segment) looked like."""
@@ -41,51 +47,46 @@ class WindowSummary:
     roles: dict[str, int] = field(default_factory=dict)
 
     # -- updates ---------------------------------------------------------------------------
-    def add(self, rows: Sequence[int], columns: dict[str, list], features: Sequence[str]) -> None:
-        """Add the events at positions ``rows`` of decoded prediction columns."""
+    def add(self, rows: Sequence[int], columns: dict[str, Any], features: Sequence[str]) -> None:
+        """Add the events at positions ``rows`` of canonical prediction columns
+        (``prodlens.contract.rows_to_columns``: nested objects are dicts of lists)."""
         n = len(rows)
         self.count += n
-        outputs = columns["output"]
+        output = columns["output"]
+        label_col, prob_col = output.get("label"), output.get("probabilities")
         labels: dict[str, int] = {}
-        scores: list[float] = []
-        values: list[float] = []
         for i in rows:
-            out = outputs[i]
-            label = out.get("label")
-            if label is None and "probabilities" in out:
-                probs = out["probabilities"]
+            label = label_col[i] if label_col is not None else None
+            if label is None and prob_col is not None and prob_col[i] is not None:
+                probs = prob_col[i]
                 label = max(probs, key=probs.get)
             if label is not None:
                 key = str(label).lower() if isinstance(label, bool) else str(label)
                 labels[key] = labels.get(key, 0) + 1
-            if "score" in out:
-                scores.append(out["score"])
-            if "value" in out:
-                values.append(out["value"])
         for label, k in labels.items():
             if label not in self.classes and len(self.classes) >= MAX_CLASSES:
                 label = OTHER_CLASS
             self.classes[label] = self.classes.get(label, 0) + k
-        if scores:
+        scores = _present(output.get("score"), rows)
+        if len(scores) > 8:
             bins = np.minimum((np.asarray(scores) * SCORE_BINS).astype(np.int64), SCORE_BINS - 1)
             self.score_hist += np.bincount(bins, minlength=SCORE_BINS)
+        else:
+            for score in scores:
+                self.score_hist[min(int(score * SCORE_BINS), SCORE_BINS - 1)] += 1
+        values = _present(output.get("value"), rows)
         if values:
-            arr = np.asarray(values, dtype=np.float64)
-            self.value_n += arr.size
-            self.value_sum += float(arr.sum())
-            self.value_sumsq += float(np.dot(arr, arr))
-        latency_col = columns["latency_ms"]
-        latencies = [latency_col[i] for i in rows if latency_col[i] is not None]
+            self.value_n += len(values)
+            self.value_sum += math.fsum(values)
+            self.value_sumsq += math.fsum(v * v for v in values)
+        latencies = _present(columns["latency_ms"], rows)
         self.latency_missing += n - len(latencies)
         if latencies:
             self.latency.update_many(latencies)
-        feature_col = columns["features"]
+        feature_cols = columns["features"]
         for name in features:
-            missing = 0
-            for i in rows:
-                feats = feature_col[i]
-                if feats is None or feats.get(name) is None:
-                    missing += 1
+            col = feature_cols.get(name)
+            missing = n if col is None else sum(1 for i in rows if col[i] is None)
             if missing:
                 self.feature_missing[name] = self.feature_missing.get(name, 0) + missing
         role_col = columns["role"]

@@ -54,10 +54,28 @@ class DDSketch:
         return np.clip(idx, 0, len(self.counts) - 1)
 
     def update(self, value: float) -> None:
-        self.update_many(np.array([value], dtype=np.float64))
+        """Add one value (pure Python: cheaper than numpy for a handful of values)."""
+        if value != value:  # NaN
+            return
+        if value > 0:
+            clipped = min(max(value, self.min_value), self.max_value)
+            idx = math.ceil(math.log(clipped) / self._log_gamma) - self._offset
+            self.counts[min(max(idx, 0), len(self.counts) - 1)] += 1
+        else:
+            self.zero_count += 1
+        self.count += 1
+        self.sum += value
+        if value < self.min:
+            self.min = value
+        if value > self.max:
+            self.max = value
 
     def update_many(self, values: Iterable[float] | np.ndarray) -> None:
         """Add many values at once (NaN values are ignored: callers count missing values)."""
+        if isinstance(values, (list, tuple)) and len(values) <= 8:
+            for value in values:
+                self.update(float(value))
+            return
         arr = np.asarray(values, dtype=np.float64)
         arr = arr[~np.isnan(arr)]
         if arr.size == 0:
