@@ -30,6 +30,7 @@ from prodlens.config import Config
 from prodlens.metrics import DELAY_BUCKETS, BulkHistogram, PipelineCollector
 from prodlens.pipeline import Outputs, PartitionProcessor
 
+from . import faust_tuning
 from .checkpoint import SnapshotWriter, read_latest_snapshots, snapshot_key
 from .kafka import client_options, faust_broker_url, faust_credentials
 
@@ -77,6 +78,7 @@ class Pipeline:
 
     # -- faust app -------------------------------------------------------------------------------
     def _build_app(self, datadir: str | None) -> faust.App:
+        faust_tuning.apply()
         cfg = self.config
         app = faust.App(
             cfg.ingest.group_id,
