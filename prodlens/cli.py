@@ -22,9 +22,13 @@ BrokerOpt = typer.Option(None, "--broker", "-b", help="HOST:PORT[,HOST:PORT] of 
 
 
 def _config(path: Optional[Path]):
+    from .validation import validate_sections
+
     path = path or default_config_path()
     try:
-        return load_config(path)
+        config = load_config(path)
+        validate_sections(config)
+        return config
     except ConfigError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
@@ -143,6 +147,132 @@ def _guess_kind(raw: bytes) -> str:
         if "kind" in doc and "output" not in doc:
             return "feedback"
     return "prediction"
+
+
+# -- prodlens alerts ... -------------------------------------------------------------------------
+alerts_app = typer.Typer(no_args_is_help=True, help="Alert rules: export them as Prometheus rules.")
+app.add_typer(alerts_app, name="alerts")
+
+
+@alerts_app.command("export")
+def alerts_export(config: Optional[Path] = ConfigOpt,
+                  out: Path = typer.Option(Path("alerts"), "--out", "-o", help="directory to write to"),
+                  file: str = typer.Option("prodlens.rules.yml", "--file", help="rule file name")):
+    """Write the config's alerts: section as Prometheus alerting rules."""
+    from .alerts.promrules import write_rules
+    from .alerts.rules import parse_alerts
+    from .validation import metric_catalogue
+
+    cfg = _config(config)  # checks every section; a bad rule exits 2 naming it
+    try:
+        spec = parse_alerts(cfg.alerts or None, catalogue=metric_catalogue())
+    except ValueError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    if not spec.rules:
+        typer.echo("note: the config has no alert rules; writing an empty rule group", err=True)
+    try:
+        path = write_rules(spec, out, file)
+    except OSError as exc:
+        typer.echo(f"--out: cannot write {Path(out) / file}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"wrote {path}: {len(spec.rules)} rule{'s' if len(spec.rules) != 1 else ''}")
+
+
+# -- prodlens reference ... ----------------------------------------------------------------------
+reference_app = typer.Typer(no_args_is_help=True, help="Drift references: build them from training data.")
+app.add_typer(reference_app, name="reference")
+
+
+def _reference_model_config(name: str, model, segments: bool, label: Optional[str]) -> dict:
+    """A model of prodlens.yaml in the shape ``build_reference`` reads (booleans are categorical)."""
+    out: dict = {"name": name}
+    if model.features:  # none declared: every column not used otherwise, kind from its type
+        out["features"] = {f: "categorical" if kind == "boolean" else kind
+                           for f, kind in model.features.items()}
+    if segments and model.segments:
+        # a fixed value list keeps every value here; _segment_key_fn folds the rest
+        out["segments"] = {k: {"top_k": 1000 if s.values is not None else s.top_k}
+                           for k, s in model.segments.items()}
+    if label:
+        out["label"] = {"column": label}
+    return out
+
+
+def _segment_key_fn(model):
+    """Segment keys as the pipeline names them: fixed value lists fold the rest into __other__,
+    an absent attribute is __missing__."""
+    from .segments import ALL, MISSING, OTHER
+
+    fixed = {k: set(s.values) for k, s in model.segments.items() if s.values is not None}
+
+    def key(attributes) -> str:
+        parts = []
+        for k in sorted(attributes):
+            v = attributes[k]
+            if v is None:
+                v = MISSING
+            elif k in fixed and v != OTHER and v not in fixed[k]:
+                v = OTHER
+            parts.append(f"{k}={v}")
+        return ",".join(parts) or ALL
+
+    return key
+
+
+def _field_line(path: str, summary) -> str:
+    if summary.kind == "numeric":
+        stats = (f"mean={summary.mean:.6g} sd={summary.std:.4g} min={summary.min:.6g} max={summary.max:.6g}"
+                 if summary.count else "no values")
+    else:
+        total = summary.count
+        top = ", ".join(f"{cat} {n / total:.1%}" for cat, n in summary.top(3)) if total else "none"
+        distinct = f"{len(summary.counters)}" if summary.exact else f">={len(summary.counters)}"
+        stats = f"{distinct} categories, top: {top}"
+    return f"  {path:<28} {summary.kind:<11} count={summary.count} missing={summary.missing} {stats}"
+
+
+@reference_app.command("build")
+def reference_build(data: Path = typer.Argument(..., help="training data: CSV (.csv) or Parquet (.parquet)"),
+                    model: str = typer.Option(..., "--model", "-m", help="model name in prodlens.yaml"),
+                    config: Optional[Path] = ConfigOpt,
+                    out: Optional[Path] = typer.Option(None, "--out", "-o", help="where to write the "
+                                                       "reference (default: the model's reference: path, "
+                                                       "else ./<model>.reference.json)"),
+                    label: Optional[str] = typer.Option(None, help="ground-truth label column, if any"),
+                    segments: bool = typer.Option(True, "--segments/--no-segments",
+                                                  help="also summarise each segment (needs the "
+                                                  "model's segment columns)")):
+    """Summarise a training data file into a reference for drift detection."""
+    import pyarrow
+
+    from .reference import build_reference, save_reference
+
+    cfg = _config(config)
+    if model not in cfg.models:
+        typer.echo(f"--model: unknown model {model!r} (the config declares: {', '.join(sorted(cfg.models))})",
+                   err=True)
+        raise typer.Exit(2)
+    spec = cfg.models[model]
+    try:
+        ref = build_reference(data, _reference_model_config(model, spec, segments, label),
+                              segment_key_fn=_segment_key_fn(spec))
+    except (ValueError, pyarrow.ArrowException) as exc:
+        hint = (" (--no-segments builds the overall reference only)"
+                if str(exc).startswith("segments") else "")
+        typer.echo(f"{data}: {exc}{hint}", err=True)
+        raise typer.Exit(2) from None
+    path = out or Path(spec.reference or f"{model}.reference.json")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_reference(ref, path)
+    except OSError as exc:
+        typer.echo(f"--out: cannot write {path}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"wrote {path}: model {model}, {ref.all.count:,} rows, "
+               f"{len(ref.segments) - 1} segments")
+    for field_path in sorted(ref.all.fields):
+        typer.echo(_field_line(field_path, ref.all.fields[field_path]))
 
 
 def main() -> None:
