@@ -86,6 +86,35 @@ def faust_count(topic: str, target: int, bootstrap: str) -> None:
     faust.Worker(app, loglevel="error", quiet=True, redirect_stdouts=False).execute_from_commandline()
 
 
+def faust_process(topic: str, target: int, bootstrap: str) -> None:
+    """Diagnostic: the bare faust agent of ``faust`` calling prodlens' pure processor."""
+    import faust
+
+    from prodlens.config import load_config
+    from prodlens.pipeline import PartitionProcessor
+
+    config = load_config(os.path.join(os.path.dirname(__file__), "bench.yaml"))
+    processor = PartitionProcessor(config, topic, 0, "prediction")
+    app = faust.App(f"bench-{uuid.uuid4().hex[:8]}", broker=f"kafka://{bootstrap}", web_enabled=False,
+                    broker_session_timeout=10, broker_heartbeat_interval=1, store="memory://",
+                    consumer_auto_offset_reset="earliest", datadir=tempfile.mkdtemp(),
+                    consumer_max_fetch_size=16 << 20)
+    source = app.topic(topic, value_serializer="raw", key_serializer="raw")
+    state = {"first": None}
+
+    @app.agent(source)
+    async def process(stream):
+        async for event in stream.events():
+            if state["first"] is None:
+                state["first"] = time.perf_counter()
+            processor.process(event.message.value, event.message.offset)
+            if processor.counters["events"] >= target:
+                _report(processor.counters["events"], state["first"], time.perf_counter())
+                os._exit(0)
+
+    faust.Worker(app, loglevel="error", quiet=True, redirect_stdouts=False).execute_from_commandline()
+
+
 def prodlens_worker(topic: str, target: int, bootstrap: str) -> None:
     import faust
 
@@ -93,7 +122,7 @@ def prodlens_worker(topic: str, target: int, bootstrap: str) -> None:
     from prodlens.streams.app import Pipeline
 
     prefix = f"bench{uuid.uuid4().hex[:8]}"
-    config = load_config("prodlens.yaml").model_copy(deep=True)
+    config = load_config(os.path.join(os.path.dirname(__file__), "bench.yaml"))
     data = config.model_dump()
     data["topics"] = {k: f"{prefix}.{k}" for k in data["topics"]}
     data["topics"]["predictions"] = topic
@@ -121,11 +150,15 @@ def prodlens_worker(topic: str, target: int, bootstrap: str) -> None:
 
 if __name__ == "__main__":
     mode, topic, target, bootstrap = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    if os.environ.get("SWITCH"):
+        sys.setswitchinterval(float(os.environ["SWITCH"]))
     sys.argv = sys.argv[:1] + ["worker"]  # faust's Worker parses argv
     if mode == "raw":
         asyncio.run(raw(topic, target, bootstrap))
     elif mode == "faust":
         faust_count(topic, target, bootstrap)
+    elif mode == "faust-process":
+        faust_process(topic, target, bootstrap)
     elif mode == "prodlens":
         prodlens_worker(topic, target, bootstrap)
     else:

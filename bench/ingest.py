@@ -27,6 +27,9 @@ from prodlens.config import load_config  # noqa: E402
 from prodlens.simulate import Scenario, SimulatedApp  # noqa: E402
 
 
+BENCH_CONFIG = Path(__file__).resolve().parent / "bench.yaml"
+
+
 def messages(config, events: int, batch: int, seed: int = 7):
     app = SimulatedApp(config, seed=seed, scenario=Scenario(batch=batch, linger=1e12, label_share=0,
                                                             outcome_share=0))
@@ -40,8 +43,10 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--broker", help="an existing Kafka (default: embedded tansu)")
+    parser.add_argument("--repeat", type=int, default=2,
+                        help="runs per contender, interleaved; the best is kept (the machine is noisy)")
     args = parser.parse_args()
-    config = load_config("prodlens.yaml")
+    config = load_config(BENCH_CONFIG)
     broker = None if args.broker else EmbeddedBroker().start()
     bootstrap = args.broker or broker.bootstrap
     run = uuid.uuid4().hex[:6]
@@ -49,8 +54,8 @@ def main() -> None:
     topics = {"single": f"bench-{run}-single", "envelope": f"bench-{run}-env",
               "envelope_quarter": f"bench-{run}-envq"}
     try:
-        print(f"broker {bootstrap}; {n:,} events of 10 numeric-or-categorical features "
-              f"(simulated app), one partition", file=sys.stderr)
+        print(f"broker {bootstrap}; {n:,} simulated predictions with 10 numeric + 3 categorical "
+              f"features, one partition", file=sys.stderr)
         for name, topic in topics.items():
             asyncio.run(create_topic(bootstrap, topic))
         asyncio.run(load_topic(bootstrap, topics["single"], messages(config, n, 1), progress="single events"))
@@ -58,25 +63,30 @@ def main() -> None:
                                progress=f"{args.batch}-event envelopes"))
         asyncio.run(load_topic(bootstrap, topics["envelope_quarter"], messages(config, quarter, args.batch),
                                progress="quarter-size envelope run"))
-        results = {}
-        for label, mode, topic, count in (
+        results: dict[str, dict] = {}
+        contenders = [
                 ("raw aiokafka+orjson, envelopes", "raw", topics["envelope"], n),
                 ("prodlens, envelopes", "prodlens", topics["envelope"], n),
                 (f"prodlens, envelopes ({quarter:,} events)", "prodlens", topics["envelope_quarter"], quarter),
                 ("raw aiokafka+orjson, single events", "raw", topics["single"], n),
                 ("bare faust agent (count only), single", "faust", topics["single"], n),
-                ("prodlens, single events", "prodlens", topics["single"], n)):
-            started = time.time()
-            print(f"  running {label} ...", file=sys.stderr, flush=True)
-            results[label] = run_contender(["bench/contenders.py", mode, topic, str(count), bootstrap])
-            print(f"    {results[label]['events_per_s']:,.0f} events/s, peak RSS "
-                  f"{results[label]['peak_rss_mib']:.0f} MiB ({time.time() - started:.0f}s wall)",
-                  file=sys.stderr, flush=True)
+                ("prodlens, single events", "prodlens", topics["single"], n)]
+        for round_ in range(1, args.repeat + 1):
+            for label, mode, topic, count in contenders:
+                started = time.time()
+                print(f"  [{round_}/{args.repeat}] {label} ...", file=sys.stderr, flush=True)
+                result = run_contender(["bench/contenders.py", mode, topic, str(count), bootstrap])
+                print(f"    {result['events_per_s']:,.0f} events/s, peak RSS {result['peak_rss_mib']:.0f} MiB "
+                      f"({time.time() - started:.0f}s wall)", file=sys.stderr, flush=True)
+                best = results.get(label)
+                if best is None or result["events_per_s"] > best["events_per_s"]:
+                    results[label] = result
     finally:
         if broker:
             broker.stop()
 
-    print(f"\n{'contender':48} {'events':>10} {'events/s':>12} {'peak RSS MiB':>13}")
+    print(f"\nbest of {args.repeat} interleaved runs each")
+    print(f"{'contender':48} {'events':>10} {'events/s':>12} {'peak RSS MiB':>13}")
     for label, r in results.items():
         print(f"{label:48} {r['events']:>10,} {r['events_per_s']:>12,.0f} {r['peak_rss_mib']:>13.0f}")
     env = results["prodlens, envelopes"]

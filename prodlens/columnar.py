@@ -262,3 +262,103 @@ def fast_rows(kind: str, events: list) -> dict[str, Any] | None:
     if "output" in columns and not columns["output"]:
         return None
     return fast_columns(kind, n, columns)
+
+
+_PREDICTION_FIELDS = _KINDS["prediction"][1] | _CONSTANTS
+_OUTPUT_KEYS = frozenset({"label", "score", "probabilities", "value"})
+_good_names: set[str] = set()  # model / version names already matched (they repeat endlessly)
+
+
+def _name_ok(v: Any) -> bool:
+    if v in _good_names:
+        return True
+    if type(v) is str and _NAME.match(v):
+        if len(_good_names) < 10_000:
+            _good_names.add(v)
+        return True
+    return False
+
+
+def _id_ok(v: Any, max_len: int) -> bool:
+    return type(v) is str and 0 < len(v) <= max_len
+
+
+def _opt_str_ok(v: Any, max_len: int) -> bool:
+    return v is None or (type(v) is str and len(v) <= max_len)
+
+
+def _number_ok(v: Any, minimum: float | None = None, maximum: float | None = None) -> bool:
+    if type(v) is not float and type(v) is not int:
+        return False
+    return (minimum is None or v >= minimum) and (maximum is None or v <= maximum)
+
+
+def _object_ok(v: Any, types: frozenset, max_keys: int) -> bool:
+    if v is None:
+        return True
+    if type(v) is not dict or len(v) > max_keys:
+        return False
+    for value in v.values():
+        if type(value) not in types:
+            return False
+    return True
+
+
+def _prediction_output_ok(out: Any) -> bool:
+    if type(out) is not dict or not out or not out.keys() <= _OUTPUT_KEYS:
+        return False
+    answered = False
+    for key, v in out.items():
+        if v is None:
+            continue
+        answered = True
+        if key == "label":
+            if not (type(v) is str or type(v) is int or type(v) is bool):
+                return False
+        elif key == "score":
+            if not _number_ok(v, 0, 1):
+                return False
+        elif key == "value":
+            if not _number_ok(v):
+                return False
+        elif type(v) is not dict or len(v) < 2 or not all(_number_ok(p, 0, 1) for p in v.values()):
+            return False
+    return answered
+
+
+def fast_event(kind: str, event: Any) -> dict[str, Any] | None:
+    """Canonical one-row columns for a single event if it is valid, else ``None``.
+
+    The same rules as :func:`fast_columns`, checked on the dict directly: single-event
+    messages are the slow path of every pipeline, so this is worth its own function.
+    """
+    if kind != "prediction":
+        return fast_rows(kind, [event])
+    if type(event) is not dict or not event.keys() <= _PREDICTION_FIELDS:
+        return None
+    if event.get("type", "prediction") != "prediction" or event.get("schema_version", 1) != 1:
+        return None
+    ts = event.get("timestamp")
+    latency = event.get("latency_ms")
+    role = event.get("role")
+    segment, features, output = event.get("segment"), event.get("features"), event.get("output")
+    if not (_id_ok(event.get("event_id"), 128) and _id_ok(event.get("prediction_id"), 128)
+            and _number_ok(ts, 0) and _name_ok(event.get("model")) and _name_ok(event.get("version"))
+            and (role is None or role in ROLES)
+            and _opt_str_ok(event.get("experiment"), 128) and _opt_str_ok(event.get("variant"), 128)
+            and _opt_str_ok(event.get("unit_id"), 256)
+            and (latency is None or _number_ok(latency, 0))
+            and _object_ok(segment, _SEGMENT_TYPES, 16) and _object_ok(features, _FEATURE_TYPES, 512)
+            and _prediction_output_ok(output)):
+        return None
+    return {
+        "event_id": [event["event_id"]], "prediction_id": [event["prediction_id"]],
+        "timestamp": [ts / 1000.0 if ts >= _MS_THRESHOLD else float(ts)],
+        "model": [event["model"]], "version": [event["version"]], "role": [role],
+        "experiment": [event.get("experiment")], "variant": [event.get("variant")],
+        "unit_id": [event.get("unit_id")],
+        "segment": {k: [v] for k, v in segment.items()} if segment else {},
+        "features": {k: [v] for k, v in features.items()} if features else {},
+        "output": {k: [v] for k, v in output.items()},
+        "latency_ms": [latency],
+    }

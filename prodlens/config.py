@@ -157,7 +157,7 @@ class Config(Strict):
     ingest: IngestConfig = IngestConfig()
     metrics: MetricsConfig = MetricsConfig()
     # Sections owned by later stages are kept as plain data and validated by their stage.
-    alerts: list[dict[str, Any]] = Field(default_factory=list)
+    alerts: list[dict[str, Any]] | dict[str, Any] = Field(default_factory=list)
     invariants: dict[str, Any] = Field(default_factory=dict)
     experiments: dict[str, Any] = Field(default_factory=dict)
 

@@ -34,7 +34,7 @@ from typing import Any, Iterable
 import fastjsonschema
 import orjson
 
-from .columnar import fast_columns, fast_rows
+from .columnar import fast_columns, fast_event, fast_rows
 
 KINDS = ("prediction", "feedback", "outcome")
 SCHEMA_FILES = {
@@ -43,6 +43,7 @@ SCHEMA_FILES = {
     "outcome": "outcome.v1.json",
     "batch": "batch.v1.json",
     "deadletter": "deadletter.v1.json",
+    "summary": "summary.v1.json",
 }
 MILLISECONDS_THRESHOLD = 1e11  # epoch seconds of year 5138: larger numbers are milliseconds
 
@@ -370,7 +371,7 @@ class Decoder:
         return f"model: {model!r} is not configured (known: {', '.join(sorted(self.known_models)) or 'none'})"
 
     def _add_rows(self, out: Decoded, events: list, whole_message: bool) -> None:
-        fast = fast_rows(out.kind, events)
+        fast = fast_event(out.kind, events[0]) if whole_message else fast_rows(out.kind, events)
         if fast is not None:
             self._add_fast(out, fast, len(events), whole_message)
             return

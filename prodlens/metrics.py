@@ -28,19 +28,29 @@ WINDOW_LABELS = ["model", "version", "segment"]
 class BulkHistogram:
     """A Prometheus-style cumulative histogram updated from numpy arrays (one call per batch)."""
 
+    FLUSH_AT = 4096  # values buffered before one numpy update: single-event messages stay cheap
+
     def __init__(self, buckets: Iterable[float]):
         self.bounds = np.asarray(sorted(buckets), dtype=np.float64)
         self.counts = np.zeros(len(self.bounds) + 1, dtype=np.int64)  # last = +Inf overflow
         self.sum = 0.0
+        self._pending: list[float] = []
 
-    def observe_many(self, values: Iterable[float]) -> None:
-        arr = np.asarray(values, dtype=np.float64)
+    def observe_many(self, values: list[float]) -> None:
+        self._pending.extend(values)
+        if len(self._pending) >= self.FLUSH_AT:
+            self._flush()
+
+    def _flush(self) -> None:
+        arr = np.asarray(self._pending, dtype=np.float64)
+        self._pending = []
         if arr.size:
             self.counts += np.bincount(np.searchsorted(self.bounds, arr, side="left"),
                                        minlength=len(self.counts))
             self.sum += float(arr.sum())
 
     def buckets(self) -> list[tuple[str, int]]:
+        self._flush()
         cumulative = np.cumsum(self.counts)
         edges = [f"{b:g}" for b in self.bounds] + ["+Inf"]
         return list(zip(edges, cumulative.tolist()))

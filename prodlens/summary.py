@@ -51,6 +51,9 @@ class WindowSummary:
         """Add the events at positions ``rows`` of canonical prediction columns
         (``prodlens.contract.rows_to_columns``: nested objects are dicts of lists)."""
         n = len(rows)
+        if n == 1:
+            self._add_one(rows[0], columns, features)
+            return
         self.count += n
         output = columns["output"]
         label_col, prob_col = output.get("label"), output.get("probabilities")
@@ -93,6 +96,40 @@ class WindowSummary:
         for i in rows:
             role = role_col[i] or "primary"
             self.roles[role] = self.roles.get(role, 0) + 1
+
+    def _add_one(self, i: int, columns: dict[str, Any], features: Sequence[str]) -> None:
+        """:meth:`add` for one event (single-event messages): the same arithmetic, no numpy."""
+        self.count += 1
+        output = columns["output"]
+        label = output["label"][i] if "label" in output else None
+        if label is None and output.get("probabilities") and output["probabilities"][i] is not None:
+            probs = output["probabilities"][i]
+            label = max(probs, key=probs.get)
+        if label is not None:
+            key = str(label).lower() if isinstance(label, bool) else str(label)
+            if key not in self.classes and len(self.classes) >= MAX_CLASSES:
+                key = OTHER_CLASS
+            self.classes[key] = self.classes.get(key, 0) + 1
+        score = output["score"][i] if "score" in output else None
+        if score is not None:
+            self.score_hist[min(int(score * SCORE_BINS), SCORE_BINS - 1)] += 1
+        value = output["value"][i] if "value" in output else None
+        if value is not None:
+            self.value_n += 1
+            self.value_sum += value
+            self.value_sumsq += value * value
+        latency = columns["latency_ms"][i]
+        if latency is None:
+            self.latency_missing += 1
+        else:
+            self.latency.update(float(latency))
+        feature_cols = columns["features"]
+        for name in features:
+            col = feature_cols.get(name)
+            if col is None or col[i] is None:
+                self.feature_missing[name] = self.feature_missing.get(name, 0) + 1
+        role = columns["role"][i] or "primary"
+        self.roles[role] = self.roles.get(role, 0) + 1
 
     def merge(self, other: "WindowSummary") -> "WindowSummary":
         self.count += other.count

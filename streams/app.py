@@ -44,9 +44,14 @@ class PartitionRuntime:
     processor: PartitionProcessor
     unsnapshotted: list[asyncio.Future] = field(default_factory=list)
     dirty: bool = False
-    # Held from processing a message until its outputs are queued, and while snapshotting,
-    # so a snapshot never covers a message whose outputs it does not wait for.
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Set while the outputs of a processed message are being queued: a snapshot taken then
+    # would cover a message whose outputs it does not wait for, so snapshots wait it out.
+    # (A counter, not an asyncio.Lock: the per-message path must not touch the event loop.)
+    publishing: int = 0
+
+    async def quiesce(self) -> None:
+        while self.publishing:
+            await asyncio.sleep(0.005)
 
 
 class Pipeline:
@@ -132,33 +137,37 @@ class Pipeline:
             if runtime is None:  # assigned but not restored yet: cannot happen while paused
                 log.warning("message for unowned partition %s:%s", message.topic, message.partition)
                 continue
-            async with runtime.lock:
-                outputs = runtime.processor.process(message.value, message.offset)
-                runtime.dirty = True
-                if outputs.deadletters or outputs.closed:
-                    await self._publish(runtime, outputs)
+            outputs = runtime.processor.process(message.value, message.offset)
+            runtime.dirty = True
+            if outputs.deadletters or outputs.closed:
+                await self._publish(runtime, outputs)
             if outputs.delays:
                 self.delays[message.topic].observe_many(outputs.delays)
 
     async def _publish(self, runtime: PartitionRuntime, outputs: Outputs) -> None:
-        await self._ensure_started()
-        topics = self.config.topics
-        for key, record in outputs.deadletters:
-            runtime.unsnapshotted.append(
-                await self._producer.send(topics.deadletter, orjson.dumps(record), key=key))
-        for window in outputs.closed:
-            key = f"{window.model}/{window.version}/{window.segment}".encode()
-            runtime.unsnapshotted.append(
-                await self._producer.send(topics.summaries, orjson.dumps(window.to_record()), key=key))
+        runtime.publishing += 1
+        try:
+            await self._ensure_started()
+            topics = self.config.topics
+            for key, record in outputs.deadletters:
+                runtime.unsnapshotted.append(
+                    await self._producer.send(topics.deadletter, orjson.dumps(record), key=key))
+            for window in outputs.closed:
+                key = f"{window.model}/{window.version}/{window.segment}".encode()
+                runtime.unsnapshotted.append(
+                    await self._producer.send(topics.summaries, orjson.dumps(window.to_record()), key=key))
+        finally:
+            runtime.publishing -= 1
 
     # -- checkpoints and recovery ----------------------------------------------------------------------
     async def checkpoint(self, runtime: PartitionRuntime) -> None:
         """Snapshot one partition once the outputs of every message it covers are delivered."""
         await self._ensure_started()
-        async with runtime.lock:
-            state = runtime.processor.to_dict()
-            covers, runtime.unsnapshotted = runtime.unsnapshotted, []
-            runtime.dirty = False
+        await runtime.quiesce()
+        # No await from here to the swap: state, next_offset and the covered outputs agree.
+        state = runtime.processor.to_dict()
+        covers, runtime.unsnapshotted = runtime.unsnapshotted, []
+        runtime.dirty = False
         await self._snapshots.write(state, covers)
 
     async def checkpoint_all(self) -> None:
@@ -223,11 +232,10 @@ class Pipeline:
     async def _close_idle_windows(self) -> None:
         now = time.time()
         for runtime in list(self.partitions.values()):
-            async with runtime.lock:
-                closed = runtime.processor.advance_idle(now, self.idle_close)
-                if closed:
-                    runtime.dirty = True
-                    await self._publish(runtime, Outputs(closed=closed))
+            closed = runtime.processor.advance_idle(now, self.idle_close)
+            if closed:
+                runtime.dirty = True
+                await self._publish(runtime, Outputs(closed=closed))
 
     # -- metrics ---------------------------------------------------------------------------------------------
     def _lag(self) -> dict[tuple[str, int], int]:

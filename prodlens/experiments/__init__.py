@@ -9,7 +9,7 @@ Pure core, no Kafka and no asyncio:
   lifts, chance to beat, SRM, power, anytime-valid confidence sequences, Holm / BH);
 * :mod:`.outcomes` — joins outcomes to variants through the unit;
 * :mod:`.canary` — the canary / blue-green ladder and its decisions
-  (``decision.v1.json`` is the decisions-topic schema);
+  (``schemas/decision.v1.json`` is the decisions-topic schema);
 * :mod:`.shadow` — primary vs shadow comparison by prediction id;
 * :mod:`.report` — text and HTML reports.
 """

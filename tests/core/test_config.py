@@ -47,3 +47,21 @@ def test_durations():
     assert [parse_duration(v) for v in ("250ms", "30s", "5m", "2h", "7d", 12)] == [0.25, 30, 300, 7200, 604800, 12]
     with pytest.raises(ValueError):
         parse_duration("soon")
+
+
+def test_bad_alert_and_invariant_sections_fail_at_start():
+    from prodlens.validation import validate_sections
+
+    base = {"models": {"churn": {"output": "binary", "features": {"age": "numeric"}}}}
+    validate_sections(load_config(data=base))  # empty sections are fine
+    good_alert = dict(base, alerts=[{"name": "LatencyHigh", "metric": "prodlens_window_latency_ms",
+                                     "match": {"quantile": "0.99"}, "condition": "above", "threshold": 250}])
+    validate_sections(load_config(data=good_alert))
+    bad_alert = dict(base, alerts=[{"name": "TooSlow", "metric": "prodlens_no_such_metric",
+                                    "condition": "above", "threshold": 1}])
+    with pytest.raises(ConfigError, match="TooSlow.*prodlens_no_such_metric|prodlens_no_such_metric"):
+        validate_sections(load_config(data=bad_alert))
+    bad_invariant = dict(base, invariants={"nope": [{"name": "age-range", "kind": "range",
+                                                     "field": "features.age", "min": 0}]})
+    with pytest.raises(ConfigError, match="nope"):
+        validate_sections(load_config(data=bad_invariant))

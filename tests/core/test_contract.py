@@ -149,3 +149,23 @@ def test_fast_path_takes_every_valid_batch(events):
     assert all(check_event(e, "prediction") is None for e in events)
     fast = fast_rows("prediction", events)
     assert fast is not None and fast == rows_to_columns("prediction", events)
+
+
+@given(event)
+@settings(max_examples=400, deadline=None)
+def test_single_event_fast_path_agrees_with_schema(e):
+    from prodlens.columnar import fast_event
+
+    e = _drop_none_top(e)
+    fast = fast_event("prediction", e)
+    if fast is not None:
+        assert check_event(e, "prediction") is None
+        assert fast == rows_to_columns("prediction", [e])
+
+
+@given(valid_event)
+@settings(max_examples=200, deadline=None)
+def test_single_event_fast_path_takes_valid_events(e):
+    from prodlens.columnar import fast_event
+
+    assert fast_event("prediction", e) == rows_to_columns("prediction", [e])

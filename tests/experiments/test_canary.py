@@ -7,7 +7,7 @@ import fastjsonschema
 import numpy as np
 import pytest
 
-import prodlens.experiments as experiments_pkg
+from prodlens.contract import schema_text
 from prodlens.experiments.canary import (
     CanaryConfig, CanaryLadder, CanaryMetric, CanaryStep, Decision)
 from prodlens.experiments.stats import Moments
@@ -17,7 +17,7 @@ LADDER = tuple(CanaryStep(s, min_duration_s=600, min_samples=1000) for s in (0.0
 CONVERSION = CanaryMetric("conversion", "proportion", higher_is_better=True, tolerance=0.10)
 ERRORS = CanaryMetric("error_rate", "proportion", higher_is_better=False, tolerance=0.005, relative=False)
 VALIDATE = fastjsonschema.compile(json.loads(
-    (Path(experiments_pkg.__file__).parent / "decision.v1.json").read_text()))
+    schema_text("decision.v1.json")))
 
 
 def _config(**kw):

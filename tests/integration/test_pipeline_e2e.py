@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from harness import Worker, load, make_config, metric, read_topic_sync, wait_for
+from prodlens.contract import validator
 from prodlens.pipeline import PartitionProcessor
 from prodlens.simulate import Scenario
 from prodlens.streams.kafka import ensure_topics
@@ -48,7 +49,7 @@ def reference_state(bootstrap: str, config) -> tuple[list[PartitionProcessor], d
 def published_windows(bootstrap: str, config) -> dict[tuple, dict]:
     windows = {}
     for _, _, _, value in read_topic_sync(bootstrap, config.topics.summaries):
-        r = orjson.loads(value)
+        r = validator("summary")(orjson.loads(value))
         windows[(r["model"], r["version"], r["segment"], r["window_start"])] = r["summary"]
     return windows
 
@@ -80,7 +81,7 @@ def check_against_truth(worker: Worker, bootstrap: str, config, tally, dlq_uniqu
     assert metric(samples, "prodlens_events_late_total", topic=topic) == 0
     letters = {}
     for _, _, key, value in read_topic_sync(bootstrap, config.topics.deadletter):
-        letters[key] = orjson.loads(value)
+        letters[key] = validator("deadletter")(orjson.loads(value))  # the published schema holds
     by_reason = {}
     for record in letters.values():
         by_reason[record["reason"]] = by_reason.get(record["reason"], 0) + 1
