@@ -326,39 +326,50 @@ def _prediction_output_ok(out: Any) -> bool:
     return answered
 
 
-def fast_event(kind: str, event: Any) -> dict[str, Any] | None:
-    """Canonical one-row columns for a single event if it is valid, else ``None``.
-
-    The same rules as :func:`fast_columns`, checked on the dict directly: single-event
-    messages are the slow path of every pipeline, so this is worth its own function.
-    """
-    if kind != "prediction":
-        return fast_rows(kind, [event])
+def valid_prediction(event: Any) -> bool:
+    """True if one prediction event satisfies the schema (the rules of :func:`fast_columns`,
+    checked on the dict directly: single-event messages are every pipeline's slow path)."""
     if type(event) is not dict or not event.keys() <= _PREDICTION_FIELDS:
-        return None
+        return False
     if event.get("type", "prediction") != "prediction" or event.get("schema_version", 1) != 1:
-        return None
-    ts = event.get("timestamp")
+        return False
     latency = event.get("latency_ms")
     role = event.get("role")
-    segment, features, output = event.get("segment"), event.get("features"), event.get("output")
-    if not (_id_ok(event.get("event_id"), 128) and _id_ok(event.get("prediction_id"), 128)
-            and _number_ok(ts, 0) and _name_ok(event.get("model")) and _name_ok(event.get("version"))
+    return (_id_ok(event.get("event_id"), 128) and _id_ok(event.get("prediction_id"), 128)
+            and _number_ok(event.get("timestamp"), 0)
+            and _name_ok(event.get("model")) and _name_ok(event.get("version"))
             and (role is None or role in ROLES)
             and _opt_str_ok(event.get("experiment"), 128) and _opt_str_ok(event.get("variant"), 128)
             and _opt_str_ok(event.get("unit_id"), 256)
             and (latency is None or _number_ok(latency, 0))
-            and _object_ok(segment, _SEGMENT_TYPES, 16) and _object_ok(features, _FEATURE_TYPES, 512)
-            and _prediction_output_ok(output)):
-        return None
+            and _object_ok(event.get("segment"), _SEGMENT_TYPES, 16)
+            and _object_ok(event.get("features"), _FEATURE_TYPES, 512)
+            and _prediction_output_ok(event.get("output")))
+
+
+def event_seconds(ts: float) -> float:
+    """Epoch seconds from a validated numeric timestamp (milliseconds above 1e11)."""
+    return ts / 1000.0 if ts >= _MS_THRESHOLD else float(ts)
+
+
+def prediction_columns(event: dict) -> dict[str, Any]:
+    """Canonical one-row columns of a valid prediction event."""
+    segment, features = event.get("segment"), event.get("features")
     return {
         "event_id": [event["event_id"]], "prediction_id": [event["prediction_id"]],
-        "timestamp": [ts / 1000.0 if ts >= _MS_THRESHOLD else float(ts)],
-        "model": [event["model"]], "version": [event["version"]], "role": [role],
+        "timestamp": [event_seconds(event["timestamp"])],
+        "model": [event["model"]], "version": [event["version"]], "role": [event.get("role")],
         "experiment": [event.get("experiment")], "variant": [event.get("variant")],
         "unit_id": [event.get("unit_id")],
         "segment": {k: [v] for k, v in segment.items()} if segment else {},
         "features": {k: [v] for k, v in features.items()} if features else {},
-        "output": {k: [v] for k, v in output.items()},
-        "latency_ms": [latency],
+        "output": {k: [v] for k, v in event["output"].items()},
+        "latency_ms": [event.get("latency_ms")],
     }
+
+
+def fast_event(kind: str, event: Any) -> dict[str, Any] | None:
+    """Canonical one-row columns for a single event if it is valid, else ``None``."""
+    if kind != "prediction":
+        return fast_rows(kind, [event])
+    return prediction_columns(event) if valid_prediction(event) else None

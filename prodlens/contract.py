@@ -34,7 +34,7 @@ from typing import Any, Iterable
 import fastjsonschema
 import orjson
 
-from .columnar import fast_columns, fast_event, fast_rows
+from .columnar import event_seconds, fast_columns, fast_rows, prediction_columns, valid_prediction
 
 KINDS = ("prediction", "feedback", "outcome")
 SCHEMA_FILES = {
@@ -70,15 +70,34 @@ class Rejection:
     event: dict | None = None
 
 
-@dataclass(slots=True)
 class Decoded:
-    """The outcome of decoding one Kafka message."""
+    """The outcome of decoding one Kafka message.
 
-    kind: str
-    count: int = 0
-    columns: dict[str, Any] = field(default_factory=dict)
-    rejections: list[Rejection] = field(default_factory=list)
-    envelope: bool = False
+    A message holding one valid prediction keeps it as ``single`` (the event dict,
+    ``timestamp`` already in epoch seconds) and builds ``columns`` only when asked:
+    the single-event path of the pipeline reads the dict directly.
+    """
+
+    __slots__ = ("kind", "count", "rejections", "envelope", "single", "_columns")
+
+    def __init__(self, kind: str, count: int = 0, columns: dict[str, Any] | None = None,
+                 rejections: list[Rejection] | None = None, envelope: bool = False):
+        self.kind = kind
+        self.count = count
+        self._columns = columns if columns is not None else {}
+        self.rejections = rejections if rejections is not None else []
+        self.envelope = envelope
+        self.single: dict[str, Any] | None = None
+
+    @property
+    def columns(self) -> dict[str, Any]:
+        if not self._columns and self.single is not None:
+            self._columns = prediction_columns(self.single)
+        return self._columns
+
+    @columns.setter
+    def columns(self, value: dict[str, Any]) -> None:
+        self._columns = value
 
 
 def schema_text(name: str) -> bytes:
@@ -371,7 +390,15 @@ class Decoder:
         return f"model: {model!r} is not configured (known: {', '.join(sorted(self.known_models)) or 'none'})"
 
     def _add_rows(self, out: Decoded, events: list, whole_message: bool) -> None:
-        fast = fast_event(out.kind, events[0]) if whole_message else fast_rows(out.kind, events)
+        if whole_message and out.kind == "prediction" and valid_prediction(events[0]):
+            event = events[0]
+            if self.known_models is not None and event["model"] not in self.known_models:
+                out.rejections.append(Rejection(UNKNOWN_MODEL, self._unknown(event["model"])))
+                return
+            event["timestamp"] = event_seconds(event["timestamp"])
+            out.single, out.count = event, 1
+            return
+        fast = fast_rows(out.kind, events)
         if fast is not None:
             self._add_fast(out, fast, len(events), whole_message)
             return

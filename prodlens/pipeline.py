@@ -100,7 +100,7 @@ class PartitionProcessor:
         out = Outputs()
         decoded = self.decoder.decode(raw, self.kind)
         if offset < self.next_offset:
-            ids = decoded.columns.get("event_id", ())
+            ids = (decoded.single["event_id"],) if decoded.single else decoded.columns.get("event_id", ())
             for event_id in ids:
                 self.dedupe.seen(event_id, offset)
             return out
@@ -112,6 +112,9 @@ class PartitionProcessor:
         for rejection in decoded.rejections:
             self._reject(out, rejection, raw, offset)
         if not decoded.count:
+            return out
+        if decoded.single is not None:
+            self._process_one(out, decoded.single, raw, offset, now)
             return out
         columns = decoded.columns
         keep: list[int] = []
@@ -131,21 +134,60 @@ class PartitionProcessor:
             self._summarise(out, decoded.envelope, columns, keep, raw, offset)
         return out
 
+    def _process_one(self, out: Outputs, event: dict[str, Any], raw: bytes, offset: int,
+                     now: float) -> None:
+        """A single-event message: the batch path's steps on the event dict itself."""
+        if self.dedupe.seen(event["event_id"], offset):
+            self.counters["duplicate"] += 1
+            if self.config.ingest.deadletter_duplicates:
+                self._reject(out, Rejection(DUPLICATE, f"event_id {event['event_id']!r} was already "
+                                                       "processed"), raw, offset, count=False)
+            return
+        self.counters["valid"] += 1
+        ts = event["timestamp"]
+        out.delays = [now - ts]
+        start = math.floor(ts / self.window_length) * self.window_length
+        if self._late(out, ts, start, self.watermark, None, event, raw, offset):
+            return
+        if ts > self.watermark:
+            self.watermark = ts
+        model = event["model"]
+        key = (model, self._version(model, event["version"]), self.folders[model].label(event.get("segment")),
+               start)
+        self._window(key).add_event(event, self.features[model])
+        self.totals[key[:3]] = self.totals.get(key[:3], 0) + 1
+        out.closed.extend(self.close_windows())
+
+    def _late(self, out: Outputs, ts: float, start: float, watermark: float, index: int | None,
+              event: dict[str, Any], raw: bytes, offset: int) -> bool:
+        """Count and dead-letter an event whose window has closed; True if it was late."""
+        if start + self.window_length + self.lateness > watermark:
+            return False
+        self.counters["late"] += 1
+        self._reject(out, Rejection(
+            LATE, f"event time {ts:.3f} is in window [{start:.0f}, {start + self.window_length:.0f}) which "
+                  f"closed at watermark {watermark:.3f} (allowed lateness {self.lateness:g}s)",
+            index, event if index is not None else None), raw, offset, count=False)
+        return True
+
+    def _window(self, key: WindowKey) -> WindowSummary:
+        summary = self.windows.get(key)
+        if summary is None:
+            summary = self.windows[key] = WindowSummary()
+            self._earliest_start = min(self._earliest_start, key[3])
+        return summary
+
     def _summarise(self, out: Outputs, envelope: bool, columns: dict[str, Any], rows: list[int],
                    raw: bytes, offset: int) -> None:
-        length, lateness = self.window_length, self.lateness
+        length = self.window_length
         timestamps, models, versions = columns["timestamp"], columns["model"], columns["version"]
         watermark = self.watermark
         by_model: dict[str, list[int]] = {}
         for i in rows:
             ts = timestamps[i]
             start = math.floor(ts / length) * length
-            if start + length + lateness <= watermark:
-                self.counters["late"] += 1
-                self._reject(out, Rejection(
-                    LATE, f"event time {ts:.3f} is in window [{start:.0f}, {start + length:.0f}) which "
-                          f"closed at watermark {watermark:.3f} (allowed lateness {lateness:g}s)",
-                    i if envelope else None, row_of(columns, i)), raw, offset, count=False)
+            if start + length + self.lateness <= watermark and self._late(
+                    out, ts, start, watermark, i if envelope else None, row_of(columns, i), raw, offset):
                 continue
             if ts > watermark:
                 watermark = ts
@@ -167,11 +209,7 @@ class PartitionProcessor:
                 else:
                     group.append(i)
         for key, group in groups.items():
-            summary = self.windows.get(key)
-            if summary is None:
-                summary = self.windows[key] = WindowSummary()
-                self._earliest_start = min(self._earliest_start, key[3])
-            summary.add(group, columns, self.features[key[0]])
+            self._window(key).add(group, columns, self.features[key[0]])
             total_key = key[:3]
             self.totals[total_key] = self.totals.get(total_key, 0) + len(group)
         self.watermark = watermark

@@ -6,10 +6,11 @@ features and outputs, log-normal latencies with a heavy tail, feedback that
 arrives minutes to hours after its prediction in event time, business
 outcomes, and a configurable share of malformed and duplicate messages. It
 keeps a :class:`Tally` of exactly what it sent, so tests can compare the
-pipeline's numbers with the truth.
+pipeline's numbers with the truth::
 
->>> app = SimulatedApp(load_config("prodlens.yaml"), seed=1)   # doctest: +SKIP
->>> for message in app.messages(1000, start=1_800_000_000.0): ...
+    app = SimulatedApp(load_config("prodlens.yaml"), seed=1)
+    for message in app.messages(1000, start=1_800_000_000.0):
+        producer.send(topic_for(message.topic_kind), message.value, key=message.key)
 """
 
 from __future__ import annotations

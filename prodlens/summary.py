@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .contract import row_of
 from .sketches.ddsketch import DDSketch
 
 SCORE_BINS = 20          # equal-width histogram of binary scores on [0, 1]
@@ -52,7 +53,7 @@ class WindowSummary:
         (``prodlens.contract.rows_to_columns``: nested objects are dicts of lists)."""
         n = len(rows)
         if n == 1:
-            self._add_one(rows[0], columns, features)
+            self.add_event(row_of(columns, rows[0]), features)
             return
         self.count += n
         output = columns["output"]
@@ -97,38 +98,38 @@ class WindowSummary:
             role = role_col[i] or "primary"
             self.roles[role] = self.roles.get(role, 0) + 1
 
-    def _add_one(self, i: int, columns: dict[str, Any], features: Sequence[str]) -> None:
-        """:meth:`add` for one event (single-event messages): the same arithmetic, no numpy."""
+    def add_event(self, event: dict[str, Any], features: Sequence[str]) -> None:
+        """Add one event given as a dict (single-event messages): :meth:`add`'s arithmetic
+        without building columns."""
         self.count += 1
-        output = columns["output"]
-        label = output["label"][i] if "label" in output else None
-        if label is None and output.get("probabilities") and output["probabilities"][i] is not None:
-            probs = output["probabilities"][i]
+        output = event["output"]
+        label = output.get("label")
+        probs = output.get("probabilities")
+        if label is None and probs:
             label = max(probs, key=probs.get)
         if label is not None:
             key = str(label).lower() if isinstance(label, bool) else str(label)
             if key not in self.classes and len(self.classes) >= MAX_CLASSES:
                 key = OTHER_CLASS
             self.classes[key] = self.classes.get(key, 0) + 1
-        score = output["score"][i] if "score" in output else None
+        score = output.get("score")
         if score is not None:
             self.score_hist[min(int(score * SCORE_BINS), SCORE_BINS - 1)] += 1
-        value = output["value"][i] if "value" in output else None
+        value = output.get("value")
         if value is not None:
             self.value_n += 1
             self.value_sum += value
             self.value_sumsq += value * value
-        latency = columns["latency_ms"][i]
+        latency = event.get("latency_ms")
         if latency is None:
             self.latency_missing += 1
         else:
             self.latency.update(float(latency))
-        feature_cols = columns["features"]
+        present = event.get("features") or {}
         for name in features:
-            col = feature_cols.get(name)
-            if col is None or col[i] is None:
+            if present.get(name) is None:
                 self.feature_missing[name] = self.feature_missing.get(name, 0) + 1
-        role = columns["role"][i] or "primary"
+        role = event.get("role") or "primary"
         self.roles[role] = self.roles.get(role, 0) + 1
 
     def merge(self, other: "WindowSummary") -> "WindowSummary":

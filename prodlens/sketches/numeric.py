@@ -111,6 +111,8 @@ class NumericSummary:
         self._combine_moments(n, mean, m2)
         self.min = min(self.min, float(good.min()))
         self.max = max(self.max, float(good.max()))
+        if not good.flags.writeable:  # arrow-backed arrays: datasketches' binding rejects them
+            good = good.copy()
         self._kll.update(np.ascontiguousarray(good, dtype=np.float64))
         self._dist = None
 

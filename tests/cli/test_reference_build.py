@@ -171,9 +171,6 @@ def test_missing_segment_column_exits_2_unless_no_segments(data, tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="known bug outside the CLI: without segments, "
-                   "build_reference hands NumericSummary.update_many a read-only arrow-backed array "
-                   "(no NaN to force a copy) and datasketches' kll update rejects it")
 def test_no_segments_builds_the_overall_reference_only(data, tmp_path):
     where, cols = data
     path = tmp_path / "nodevice.csv"
