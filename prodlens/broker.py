@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,17 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: Linux sends SIGTERM to tansu if prodlens dies, even by
+    SIGKILL, so no orphaned broker keeps the port and its memory."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -117,7 +129,8 @@ class EmbeddedBroker:
         try:
             self._process = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL, env=env,
-                                             start_new_session=True)  # Ctrl-C goes to us, not tansu
+                                             start_new_session=True,  # Ctrl-C goes to us, not tansu
+                                             preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         except OSError as exc:
             raise BrokerError(f"could not start {binary}: {exc}") from exc
         try:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Iterable
 
@@ -66,6 +67,11 @@ class SimulatorRunner:
         self.app = SimulatedApp(config, seed=seed, scenario=Scenario(
             batch=batch, malformed_share=malformed_share, duplicate_share=duplicate_share))
         self.sent = 0
+        self.stopped = threading.Event()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish its current tick and close the producer."""
+        self.stopped.set()
 
     def run_forever(self) -> None:
         asyncio.run(self.run())
@@ -77,7 +83,7 @@ class SimulatorRunner:
         try:
             started = time.time()
             tick = 0.25
-            while self.duration is None or time.time() - started < self.duration:
+            while not self.stopped.is_set() and (self.duration is None or time.time() - started < self.duration):
                 now = time.time()
                 count = max(1, int(self.rate * tick))
                 for message in self.app.messages(count, start=now, rate=self.rate):

@@ -44,7 +44,7 @@ def _say(text: str) -> None:
 
 def serve(config: Config, options: RunOptions) -> int:
     """Run until Ctrl-C / SIGTERM; returns the process exit code."""
-    broker = None
+    broker = simulator = None
     bootstrap = options.bootstrap or config.broker.bootstrap
     if bootstrap == "embedded":
         broker = EmbeddedBroker(port=options.broker_port).start()
@@ -68,7 +68,8 @@ def serve(config: Config, options: RunOptions) -> int:
             runner = SimulatorRunner(config, bootstrap, rate=options.rate, batch=options.batch,
                                      malformed_share=options.malformed_share,
                                      duplicate_share=options.duplicate_share, seed=options.seed)
-            threading.Thread(target=runner.run_forever, name="simulator", daemon=True).start()
+            simulator = (runner, threading.Thread(target=runner.run_forever, name="simulator", daemon=True))
+            simulator[1].start()
             _say(f"simulator  {options.rate:g} predictions/s in envelopes of {options.batch}, "
                  f"{options.malformed_share:.0%} malformed, {options.duplicate_share:.0%} duplicates")
         _add_status_line(pipeline, options.status_every)
@@ -80,6 +81,9 @@ def serve(config: Config, options: RunOptions) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
+        if simulator is not None:  # stop producing before the broker goes away
+            simulator[0].stop()
+            simulator[1].join(timeout=5)
         if broker is not None:
             broker.stop()
             _say("broker stopped")
