@@ -9,6 +9,7 @@ last, so group-join time is excluded), events_per_s, peak_rss_mib.
 - raw: aiokafka getmany + orjson decoding of every message (the ceiling)
 - faust: a bare faust agent that decodes nothing and only counts (faust's floor)
 - prodlens: the real prodlens worker (validate, dedupe, window summaries, metrics)
+- faust-process: diagnostic, the bare faust agent calling prodlens' pure processor
 """
 
 from __future__ import annotations
@@ -150,8 +151,6 @@ def prodlens_worker(topic: str, target: int, bootstrap: str) -> None:
 
 if __name__ == "__main__":
     mode, topic, target, bootstrap = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    if os.environ.get("SWITCH"):
-        sys.setswitchinterval(float(os.environ["SWITCH"]))
     sys.argv = sys.argv[:1] + ["worker"]  # faust's Worker parses argv
     if mode == "raw":
         asyncio.run(raw(topic, target, bootstrap))
