@@ -224,6 +224,11 @@ def fast_columns(kind: str, count: int, columns: dict) -> dict[str, Any] | None:
 
 
 _NESTED = ("segment", "features", "output")
+# Row events may say null only where the schema allows it; elsewhere null is a violation
+# (in the columnar form a null cell means "absent for this row" instead).
+_NULLABLE = {"prediction": frozenset({"experiment", "variant", "unit_id"}),
+             "feedback": frozenset({"value"}),
+             "outcome": frozenset({"experiment"})}
 
 
 def fast_rows(kind: str, events: list) -> dict[str, Any] | None:
@@ -235,8 +240,15 @@ def fast_rows(kind: str, events: list) -> dict[str, Any] | None:
     allowed = entry[1] | _CONSTANTS
     n = len(events)
     names: set[str] = set()
+    nullable = _NULLABLE[kind]
     for event in events:
         if type(event) is not dict:
+            return None
+        for key, value in event.items():
+            if value is None and key not in nullable:
+                return None
+        output = event.get("output")
+        if type(output) is dict and None in output.values():
             return None
         names.update(event)
     if names - allowed:
@@ -307,11 +319,9 @@ def _object_ok(v: Any, types: frozenset, max_keys: int) -> bool:
 def _prediction_output_ok(out: Any) -> bool:
     if type(out) is not dict or not out or not out.keys() <= _OUTPUT_KEYS:
         return False
-    answered = False
     for key, v in out.items():
         if v is None:
-            continue
-        answered = True
+            return False
         if key == "label":
             if not (type(v) is str or type(v) is int or type(v) is bool):
                 return False
@@ -323,7 +333,7 @@ def _prediction_output_ok(out: Any) -> bool:
                 return False
         elif type(v) is not dict or len(v) < 2 or not all(_number_ok(p, 0, 1) for p in v.values()):
             return False
-    return answered
+    return True
 
 
 def valid_prediction(event: Any) -> bool:
@@ -331,6 +341,9 @@ def valid_prediction(event: Any) -> bool:
     checked on the dict directly: single-event messages are every pipeline's slow path)."""
     if type(event) is not dict or not event.keys() <= _PREDICTION_FIELDS:
         return False
+    for key, value in event.items():
+        if value is None and key not in _NULLABLE["prediction"]:
+            return False
     if event.get("type", "prediction") != "prediction" or event.get("schema_version", 1) != 1:
         return False
     latency = event.get("latency_ms")

@@ -19,6 +19,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 from prometheus_client.registry import Collector
 
+from .contract import REASONS
 from .pipeline import PartitionProcessor
 from .summary import WindowSummary
 
@@ -116,6 +117,9 @@ class PipelineCollector(Collector):
             duplicate.add_metric([topic], agg["duplicate"])
             late.add_metric([topic], agg["late"])
             closed.add_metric([topic], agg["windows_closed"])
+        for topic in by_topic:  # every reason from 0, so rate() sees the first rejection too
+            for reason in REASONS:
+                rejected_by.setdefault((topic, reason), 0)
         for (topic, reason), value in sorted(rejected_by.items()):
             rejected.add_metric([topic, reason], value)
         yield from (consumed, messages, valid, rejected, duplicate, late, closed)

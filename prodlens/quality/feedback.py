@@ -52,7 +52,8 @@ KINDS = ("label", "correction", "complaint", "rating", "implicit")
 DELAY_QUANTILES = (0.5, 0.9, 0.99)
 
 
-def _as_float(v: Any) -> float:
+def as_float(v: Any) -> float:
+    """A number as float; None, booleans and non-numbers are NaN (missing)."""
     if v is None or isinstance(v, bool):
         return math.nan
     try:
@@ -112,11 +113,11 @@ class FeedbackAccumulator:
             self.delay.update_many(np.maximum(d, 0.0))
         if values is not None:
             rated = np.flatnonzero(k == "rating")
-            r = np.array([_as_float(values[i]) for i in rated], dtype=np.float64)
+            r = np.array([as_float(values[i]) for i in rated], dtype=np.float64)
             self.bad_ratings += int(np.isnan(r).sum())
             self.ratings.update_many(r)
         if sizes is not None and corrected is not None:
-            self.sizes.update_many(np.array([_as_float(v) for v in sizes]), np.array([_as_float(v) for v in corrected]))
+            self.sizes.update_many(np.array([as_float(v) for v in sizes]), np.array([as_float(v) for v in corrected]))
 
     def merge(self, other: "FeedbackAccumulator") -> "FeedbackAccumulator":
         self.predictions += other.predictions

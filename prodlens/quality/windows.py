@@ -22,7 +22,6 @@ label horizon, then :meth:`QualityWindows.pop_before` them.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -30,7 +29,7 @@ import numpy as np
 
 from .cbpe import CBPEReference, CBPEWindow
 from .classification import ClassificationAccumulator, label_key
-from .feedback import FeedbackAccumulator
+from .feedback import FeedbackAccumulator, as_float
 from .intervals import DEFAULT_CONFIDENCE, DEFAULT_MIN_N
 from .join import Matches, segment_key, segment_labels, window_start
 from .regression import RegressionAccumulator
@@ -76,15 +75,6 @@ def _predicted_label(spec: ModelSpec, label: Any, score: float | None, probabili
     return None
 
 
-def _to_float(v: Any) -> float:
-    if v is None or isinstance(v, bool):
-        return math.nan
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 class WindowQuality:
     """All quality state for one window × (model, version, segment)."""
 
@@ -103,7 +93,7 @@ class WindowQuality:
         """Count predictions (the coverage denominator) and feed CBPE their scores."""
         self.feedback.add_predictions(len(outputs))
         if self.cbpe is not None:
-            scores = [_to_float((o or {}).get("score")) for o in outputs]
+            scores = [as_float((o or {}).get("score")) for o in outputs]
             self.cbpe.update_many(scores, self._decisions(outputs, scores))
 
     def _decisions(self, outputs: Sequence[Mapping | None], scores: Sequence[float]) -> list[bool] | None:
@@ -144,8 +134,8 @@ class WindowQuality:
                 np.array([np.nan if score[i] is None else score[i] for i in idx], dtype=np.float64),
                 [probs[i] for i in idx])
         else:
-            self.regression.update_many(np.array([_to_float(value[i]) for i in idx]),
-                                        np.array([_to_float(pred_value[i]) for i in idx]))
+            self.regression.update_many(np.array([as_float(value[i]) for i in idx]),
+                                        np.array([as_float(pred_value[i]) for i in idx]))
 
     def merge(self, other: "WindowQuality") -> "WindowQuality":
         if other.spec != self.spec:

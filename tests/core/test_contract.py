@@ -156,7 +156,6 @@ def test_fast_path_takes_every_valid_batch(events):
 def test_single_event_fast_path_agrees_with_schema(e):
     from prodlens.columnar import fast_event
 
-    e = _drop_none_top(e)
     fast = fast_event("prediction", e)
     if fast is not None:
         assert check_event(e, "prediction") is None
