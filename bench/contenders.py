@@ -10,6 +10,7 @@ last, so group-join time is excluded), events_per_s, peak_rss_mib.
 - faust: a bare faust agent that decodes nothing and only counts (faust's floor)
 - prodlens: the real prodlens worker (validate, dedupe, window summaries, metrics)
 - faust-process: diagnostic, the bare faust agent calling prodlens' pure processor
+- pure: raw aiokafka feeding prodlens' pure processor (no faust): the state's own memory
 """
 
 from __future__ import annotations
@@ -62,6 +63,30 @@ async def raw(topic: str, target: int, bootstrap: str) -> None:
     finally:
         await consumer.stop()
     _report(events, first, time.perf_counter())
+
+
+async def pure(topic: str, target: int, bootstrap: str) -> None:
+    from aiokafka import AIOKafkaConsumer
+
+    from prodlens.config import load_config
+    from prodlens.pipeline import PartitionProcessor
+
+    processor = PartitionProcessor(load_config(os.path.join(os.path.dirname(__file__), "bench.yaml")),
+                                   topic, 0, "prediction")
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, fetch_max_bytes=64 << 20,
+                                max_partition_fetch_bytes=16 << 20, max_poll_records=500)
+    await consumer.start()
+    first = None
+    try:
+        while processor.counters["events"] < target:
+            for messages in (await consumer.getmany(timeout_ms=500)).values():
+                first = first or time.perf_counter()
+                for m in messages:
+                    processor.process(m.value, m.offset)
+    finally:
+        await consumer.stop()
+    _report(processor.counters["events"], first, time.perf_counter())
 
 
 def faust_count(topic: str, target: int, bootstrap: str) -> None:
@@ -154,6 +179,8 @@ if __name__ == "__main__":
     sys.argv = sys.argv[:1] + ["worker"]  # faust's Worker parses argv
     if mode == "raw":
         asyncio.run(raw(topic, target, bootstrap))
+    elif mode == "pure":
+        asyncio.run(pure(topic, target, bootstrap))
     elif mode == "faust":
         faust_count(topic, target, bootstrap)
     elif mode == "faust-process":

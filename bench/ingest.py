@@ -68,6 +68,9 @@ def main() -> None:
                 ("raw aiokafka+orjson, envelopes", "raw", topics["envelope"], n),
                 ("prodlens, envelopes", "prodlens", topics["envelope"], n),
                 (f"prodlens, envelopes ({quarter:,} events)", "prodlens", topics["envelope_quarter"], quarter),
+                ("pure core without faust, envelopes", "pure", topics["envelope"], n),
+                (f"pure core without faust, envelopes ({quarter:,} events)", "pure",
+                 topics["envelope_quarter"], quarter),
                 ("raw aiokafka+orjson, single events", "raw", topics["single"], n),
                 ("bare faust agent (count only), single", "faust", topics["single"], n),
                 ("prodlens, single events", "prodlens", topics["single"], n)]
@@ -99,7 +102,8 @@ def main() -> None:
           f"   (target: >= 0.70)")
     print(f"single:    prodlens / raw aiokafka         = {single['events_per_s'] / results['raw aiokafka+orjson, single events']['events_per_s']:.2f}")
     print(f"peak RSS:  {n:,} events / {quarter:,} events = {env['peak_rss_mib'] / env_q['peak_rss_mib']:.2f}"
-          f"   (flat: close to 1.0)")
+          f" in the worker; {results['pure core without faust, envelopes']['peak_rss_mib'] / results[f'pure core without faust, envelopes ({quarter:,} events)']['peak_rss_mib']:.2f}"
+          f" for prodlens' own state (flat: close to 1.0)")
 
 
 if __name__ == "__main__":
