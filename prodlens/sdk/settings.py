@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
+from prodlens.yamlfile import read_mapping
 
 DEFAULT_TOPICS = {"prediction": "prodlens.predictions", "feedback": "prodlens.feedback",
                   "outcome": "prodlens.outcomes"}
@@ -88,14 +87,7 @@ def from_config_file(path: str | os.PathLike) -> dict[str, Any]:
     so an app can share the pipeline's file. ``broker.bootstrap: embedded`` is
     ignored: an app cannot reach a broker another process embeds by name.
     """
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError:
-        raise ValueError(f"config: {path}: no such file") from None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"config: {path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"config: {path}: the top level must be a mapping")
+    data = read_mapping(path, ValueError, prefix="config: ")
     out: dict[str, Any] = {}
     topics = data.get("topics")
     if topics is not None:
