@@ -17,7 +17,6 @@ import time
 import uuid
 from pathlib import Path
 
-import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import create_topic, load_topic, run_contender  # noqa: E402

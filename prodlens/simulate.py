@@ -196,7 +196,6 @@ class SimulatedApp:
         kind = self.rng.choice(MALFORMED_KINDS)
         self.tally.malformed[kind] = self.tally.malformed.get(kind, 0) + 1
         base = self._prediction(ts)
-        self._seq -= 0
         if kind == "malformed_json":
             return orjson.dumps(base)[: self.rng.randrange(5, 40)]
         if kind == "schema_violation":

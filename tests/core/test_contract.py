@@ -118,7 +118,6 @@ def test_fast_path_agrees_with_schema_validation(events):
 
 
 def test_columnar_envelope_equals_rows():
-    rows = [GOOD, dict(GOOD, event_id="e2", features={"x": None, "plan": "basic"}, latency_ms=None)]
     envelope = {"type": "batch", "count": 2, "columns": {
         "event_id": ["e1", "e2"], "prediction_id": "p1", "timestamp": 100, "model": "churn", "version": "v1",
         "output": {"label": "stay", "score": 0.2}, "features": {"x": [1.5, None], "plan": ["pro", "basic"]},

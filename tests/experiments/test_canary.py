@@ -1,7 +1,6 @@
 """Canary ladder: simulated Bernoulli traffic, gating, rollback triggers, state."""
 
 import json
-from pathlib import Path
 
 import fastjsonschema
 import numpy as np

@@ -29,7 +29,7 @@ def test_real_prometheus_reads_pipeline_metrics(kafka_bootstrap, unique_name, tm
         wait_for(lambda: metric(worker.metrics(), "prodlens_predictions_total") == expected)
 
         def scraped():
-            result = prometheus.query(f'sum(prodlens_predictions_total{{job="prodlens"}})')
+            result = prometheus.query('sum(prodlens_predictions_total{job="prodlens"})')
             return result and float(result[0]["value"][1]) == expected
         wait_for(scraped, timeout=30, what="prometheus to scrape the final count")
         by_version = prometheus.query('sum by (model, version) (prodlens_predictions_total)')
