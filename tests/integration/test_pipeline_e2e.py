@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
+import threading
 import time
 
 import orjson
@@ -131,12 +132,20 @@ def test_worker_killed_mid_stream_recovers_state_exactly(kafka_bootstrap, unique
     n_first = first.messages["prediction"]
     wait_for(lambda: metric(worker.metrics(), "prodlens_messages_consumed_total", topic=topic) >= n_first)
     time.sleep(1.5)  # at least one checkpoint covers the first half
-    second = asyncio.run(simulate_burst(kafka_bootstrap, config, 6000, start=start + 50, rate=40,
-                                        scenario=scenario, seed=3, drain_feedback=False))
-    total = n_first + second.messages["prediction"]
+    # The second half is produced while the worker consumes it, as single-event messages (the
+    # slow path), so the kill lands mid-stream however fast the worker has become.
+    produced: dict = {}
+    producer = threading.Thread(target=lambda: produced.update(second=asyncio.run(simulate_burst(
+        kafka_bootstrap, config, 6000, start=start + 50, rate=40,
+        scenario=Scenario(batch=1, malformed_share=0.02, duplicate_share=0.05), seed=3,
+        drain_feedback=False))))
+    producer.start()
     at_kill = wait_for(lambda: (c := metric(worker.metrics(), "prodlens_messages_consumed_total",
-                                            topic=topic)) > n_first and c)
+                                            topic=topic)) > n_first and c, interval=0.02)
     worker.kill()  # SIGKILL: no final checkpoint, whatever was in flight is lost from memory
+    producer.join()
+    second = produced["second"]
+    total = n_first + second.messages["prediction"]
     assert at_kill < total, "the worker finished before it was killed: not a mid-stream kill"
     restarted = Worker(path, kafka_bootstrap, log).start()
     try:
