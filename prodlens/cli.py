@@ -275,6 +275,57 @@ def reference_build(data: Path = typer.Argument(..., help="training data: CSV (.
         typer.echo(_field_line(field_path, ref.all.fields[field_path]))
 
 
+samples_app = typer.Typer(no_args_is_help=True, help="Sampled raw events: export them for analysis.")
+app.add_typer(samples_app, name="samples")
+
+
+@samples_app.command("export")
+def samples_export(out: Path = typer.Option(..., "--out", "-o", help="output file: .parquet or .jsonl"),
+                   config: Optional[Path] = ConfigOpt, broker: Optional[str] = BrokerOpt,
+                   model: Optional[str] = typer.Option(None, help="only this model"),
+                   version: Optional[str] = typer.Option(None, help="only this version")):
+    """Write the samples topic (reservoir and priority samples per window) to Parquet or JSON
+    Lines: one row per sampled event with its window, segment, sampler and weight (1 / inclusion
+    probability, for re-weighting estimates to traffic)."""
+    import orjson
+
+    from .streams.kafka import client_options, read_topic
+
+    cfg = _config(config)
+    bootstrap = broker or cfg.broker.bootstrap
+    if bootstrap == "embedded":
+        typer.echo("samples export reads a running broker: pass --broker HOST:PORT (prodlens run prints it)",
+                   err=True)
+        raise typer.Exit(2)
+    if out.suffix not in (".parquet", ".jsonl"):
+        typer.echo(f"--out: {out} must end in .parquet or .jsonl", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"reading {cfg.topics.samples} from {bootstrap} ...", err=True)
+    messages = asyncio.run(read_topic(bootstrap, cfg.topics.samples, client_options(cfg.broker)))
+    rows = []
+    for _, _, _, value in messages:
+        try:
+            record = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            continue
+        if record.get("type") != "sample" or (model and record["model"] != model) \
+                or (version and record["version"] != version):
+            continue
+        rows.append(record)
+    rows.sort(key=lambda r: (r["model"], r["version"], r["window_start"], r["sampler"], str(r["segment"])))
+    if out.suffix == ".jsonl":
+        out.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        flat = [{**{k: v for k, v in r.items() if k != "event"}, "event": orjson.dumps(r["event"]).decode(),
+                 "event_id": r["event"].get("event_id"), "prediction_id": r["event"].get("prediction_id")}
+                for r in rows]
+        pq.write_table(pa.Table.from_pylist(flat), out)
+    typer.echo(f"wrote {out}: {len(rows):,} sampled events")
+
+
 def main() -> None:
     app()
 

@@ -114,6 +114,8 @@ class Topics(Strict):
     samples: str = "prodlens.samples"
     alerts: str = "prodlens.alerts"
     decisions: str = "prodlens.decisions"
+    drift: str = "prodlens.drift"
+    joins: str = "prodlens.joins"      # internal: predictions and feedback re-keyed by prediction_id
     state: str = "prodlens.state"
 
     def inputs(self) -> dict[str, str]:
@@ -145,6 +147,13 @@ class IngestConfig(Strict):
         lambda cls, v: parse_duration(v))
 
 
+class SamplingConfig(Strict):
+    """Raw events kept per (model, version, window) on each ingest partition (samples topic)."""
+    per_window: int = Field(100, ge=0, description="reservoir size; 0 turns sampling off")
+    min_per_segment: int = Field(5, ge=0, description="quota per segment so rare segments are represented")
+    interesting: int = Field(20, ge=0, description="priority sample of the most uncertain predictions")
+
+
 class MetricsConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(9108, ge=0, le=65535)
@@ -157,10 +166,13 @@ class Config(Strict):
     broker: BrokerConfig = BrokerConfig()
     ingest: IngestConfig = IngestConfig()
     metrics: MetricsConfig = MetricsConfig()
+    sampling: SamplingConfig = SamplingConfig()
     # Sections owned by later stages are kept as plain data and validated by their stage.
     alerts: list[dict[str, Any]] | dict[str, Any] = Field(default_factory=list)
     invariants: dict[str, Any] = Field(default_factory=dict)
     experiments: dict[str, Any] = Field(default_factory=dict)
+    quality: dict[str, Any] = Field(default_factory=dict)
+    drift: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("models")
     @classmethod

@@ -380,7 +380,7 @@ class Decoder:
                                           else Rejection(UNKNOWN_MODEL, self._unknown(models[i]), i,
                                                          row_of(columns, i)))
                 keep = [i for i in range(count) if i not in bad]
-                columns = _take(columns, keep)
+                columns = take(columns, keep)
                 count = len(keep)
         out.count = count
         if count:
@@ -420,7 +420,7 @@ class Decoder:
             out.columns = rows_to_columns(out.kind, good)
 
 
-def _take(columns: dict[str, Any], rows: list[int]) -> dict[str, Any]:
+def take(columns: dict[str, Any], rows: list[int]) -> dict[str, Any]:
     return {name: ({k: [v[i] for i in rows] for k, v in col.items()} if isinstance(col, dict)
                    else [col[i] for i in rows]) for name, col in columns.items()}
 

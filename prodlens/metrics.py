@@ -15,7 +15,7 @@ import math
 from typing import Callable, Iterable
 
 import numpy as np
-from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Metric,
                                     HistogramMetricFamily)
 from prometheus_client.registry import Collector
 
@@ -188,6 +188,15 @@ class PipelineCollector(Collector):
                 if not math.isnan(ratio):
                     missing.add_metric(labels + [feature], ratio)
         yield from (total, count, end, latency, latency_mean, classes, score, value, missing)
+        rate = GaugeMetricFamily("prodlens_sample_inclusion_probability", "Share of the last closed "
+                                 "window's predictions kept in the samples topic's reservoir (1/weight "
+                                 "re-weights samples to traffic)", labels=WINDOW_LABELS)
+        rates: dict[tuple, float] = {}
+        for p in processors:
+            rates.update(getattr(p, "sample_rates", {}))
+        for key, value in sorted(rates.items()):
+            rate.add_metric(list(key), value)
+        yield rate
 
 
 
@@ -202,3 +211,51 @@ def _latest_windows(processors: list[PartitionProcessor]) -> dict[tuple, tuple[f
             elif window.end == current[0]:
                 current[1].merge(window.summary)
     return latest
+
+
+class StageCollector(Collector):
+    """Metrics of the join and analysis processors this worker owns, merged into one family
+    per name. Series with identical labels from several partitions are summed (join
+    counters); analysis series never collide, because each model is analysed by exactly
+    one partition."""
+
+    def __init__(self, processors: Callable[[], list]):
+        self._processors = processors
+
+    def collect(self):
+        families: dict[str, Metric] = {}
+        values: dict[str, dict[tuple, float]] = {}
+        for processor in self._processors():
+            for family in processor.collect():
+                merged = families.get(family.name)
+                if merged is None:
+                    merged = families[family.name] = Metric(family.name, family.documentation, family.type,
+                                                            family.unit)
+                    values[family.name] = {}
+                acc = values[family.name]
+                for sample in family.samples:
+                    key = (sample.name, tuple(sorted(sample.labels.items())))
+                    acc[key] = acc.get(key, 0.0) + sample.value
+        for name, family in families.items():
+            for (sample_name, labels), value in values[name].items():
+                family.add_sample(sample_name, dict(labels), value)
+            yield family
+
+
+class DispatcherCollector(Collector):
+    """Alert sink delivery counters of this worker (``Dispatcher.stats()``)."""
+
+    def __init__(self, stats: Callable[[], dict[str, dict]]):
+        self._stats = stats
+
+    def collect(self):
+        deliveries = CounterMetricFamily("prodlens_alert_deliveries", "Alert events handed to each sink, "
+                                         "by result", labels=["sink", "result"])
+        queued = GaugeMetricFamily("prodlens_alert_queue_length", "Alert events waiting for a sink",
+                                   labels=["sink"])
+        for sink, stats in sorted(self._stats().items()):
+            for result in ("delivered", "failed_attempts", "retried", "undelivered", "dropped"):
+                deliveries.add_metric([sink, result], stats.get(result, 0))
+            queued.add_metric([sink], stats.get("queued", 0))
+        yield deliveries
+        yield queued

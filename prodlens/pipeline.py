@@ -30,15 +30,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Config
-from .contract import DUPLICATE, LATE, Decoder, Rejection, row_of
+from .config import ModelConfig
+from .contract import DUPLICATE, LATE, Decoder, Rejection, row_of, rows_to_columns, take
 from .dedupe import EventIdDeduper
+from .fanout import JoinRouter
+from .invariants import InvariantEvaluator, parse_invariants_section
+from .samples import WindowSampler
 from .segments import OTHER, SegmentFolder
+from .sketches.summary import SegmentSummary, SummarySpec
+from .sketches.summary import WindowSummary as FieldSketches
 from .summary import WindowSummary
 
 MAX_VERSIONS = 32  # versions tracked per model; more fold into __other__ (cardinality cap)
 
 Key = tuple[str, str, str]               # (model, version, segment)
+SketchKey = tuple[str, str, float]       # (model, version, window start)
 WindowKey = tuple[str, str, str, float]  # (model, version, segment, window start)
+Emit = tuple[str, bytes, dict]           # (topic, key, record) for the stream layer to produce
 
 
 @dataclass
@@ -49,12 +57,14 @@ class ClosedWindow:
     start: float
     end: float
     summary: WindowSummary
+    fields: SegmentSummary | None = None   # feature and output sketches (drift)
 
-    def to_record(self) -> dict[str, Any]:
+    def to_record(self, source: str = "", seq: int = 0) -> dict[str, Any]:
         """The summaries-topic record (schemas/summary.v1.json)."""
-        return {"type": "window_summary", "schema_version": 1, "model": self.model,
-                "version": self.version, "segment": self.segment, "window_start": self.start,
-                "window_end": self.end, "summary": self.summary.to_dict()}
+        return {"type": "window_summary", "schema_version": 1, "source": source, "seq": seq,
+                "model": self.model, "version": self.version, "segment": self.segment,
+                "window_start": self.start, "window_end": self.end, "summary": self.summary.to_dict(),
+                "fields": self.fields.to_dict() if self.fields is not None else None}
 
 
 @dataclass
@@ -62,6 +72,19 @@ class Outputs:
     deadletters: list[tuple[bytes, dict]] = field(default_factory=list)  # (key, record)
     closed: list[ClosedWindow] = field(default_factory=list)
     delays: list[float] = field(default_factory=list)  # event time -> processed, seconds
+    messages: list[Emit] = field(default_factory=list)  # other stage outputs: (topic, key, record[, partition])
+    alert_events: list = field(default_factory=list)    # alerts.state.AlertEvent, for the sink dispatcher
+
+    def extend(self, other: "Outputs") -> "Outputs":
+        self.deadletters.extend(other.deadletters)
+        self.closed.extend(other.closed)
+        self.delays.extend(other.delays)
+        self.messages.extend(other.messages)
+        self.alert_events.extend(other.alert_events)
+        return self
+
+    def __bool__(self) -> bool:
+        return bool(self.deadletters or self.closed or self.messages or self.alert_events)
 
 
 class PartitionProcessor:
@@ -75,12 +98,28 @@ class PartitionProcessor:
         self.decoder = Decoder(config.models, config.ingest.max_message_bytes)
         self.window_length = config.window.length
         self.lateness = config.window.allowed_lateness
+        self.idle_after = config.window.idle_close or self.window_length + self.lateness
         self.dedupe = EventIdDeduper(config.ingest.dedupe_horizon)
         self.folders = {
             name: SegmentFolder({k: s.top_k for k, s in m.segments.items()},
                                 {k: s.values for k, s in m.segments.items()})
             for name, m in config.models.items()}
         self.features = {name: list(m.features) for name, m in config.models.items()}
+        self.source = f"{topic}:{partition}"
+        self.router = JoinRouter(config.topics.joins, config.broker.partitions, self.source)
+        self.sketch_specs = {name: sketch_spec(m) for name, m in config.models.items()}
+        self.sketches: dict[SketchKey, FieldSketches] = {}
+        self.samplers: dict[SketchKey, WindowSampler] = {}
+        # rows waiting for their sketches: one update per few thousand rows, not per message,
+        # because a KLL update has a fixed cost that dominates small per-segment batches
+        self._sketch_buffers: dict[SketchKey, SketchBuffer] = {}
+        self.sample_rates: dict[Key, float] = {}   # reservoir inclusion probability, last closed window
+        self.ready: list[Emit] = []                # messages produced while closing windows
+        specs = parse_invariants_section(config.invariants, config.models) if config.invariants else []
+        self.invariants = InvariantEvaluator(specs, window_seconds=config.window.length,
+                                             allowed_lateness=config.window.allowed_lateness,
+                                             partitioning="version") \
+            if kind in ("prediction", "outcome") and specs else None
         self.versions: dict[str, dict[str, None]] = {name: {} for name in config.models}
         self.next_offset = 0
         self.watermark = -math.inf
@@ -94,9 +133,17 @@ class PartitionProcessor:
         self.last_event_at: float | None = None   # processing time, for idle window closing
 
     # -- processing ------------------------------------------------------------------------------
-    def process(self, raw: bytes | None, offset: int, now: float | None = None) -> Outputs:
+    def process(self, raw: bytes | None, offset: int, now: float | None = None,
+                key: bytes | None = None) -> Outputs:
         """Apply one message. Messages below ``next_offset`` were applied before the last
         snapshot: they only re-enter the dedupe horizon, so counts are never doubled."""
+        out = self._process(raw, offset, now)
+        if self.ready:
+            out.messages.extend(self.ready)
+            self.ready = []
+        return out
+
+    def _process(self, raw: bytes | None, offset: int, now: float | None) -> Outputs:
         out = Outputs()
         decoded = self.decoder.decode(raw, self.kind)
         if offset < self.next_offset:
@@ -132,6 +179,13 @@ class PartitionProcessor:
         out.delays = [now - timestamps[i] for i in keep]
         if self.kind == "prediction":
             self._summarise(out, decoded.envelope, columns, keep, raw, offset)
+        elif keep and self.kind == "feedback":
+            out.messages.extend(self.router.feedback(columns, keep, offset))
+        elif keep:
+            out.messages.extend(self.router.outcomes(columns, keep, offset))
+            if self.invariants is not None:
+                self.invariants.update_columns(take(columns, keep), "outcome")
+                self._close_invariants(out, max(timestamps[i] for i in keep))
         return out
 
     def _process_one(self, out: Outputs, event: dict[str, Any], raw: bytes, offset: int,
@@ -156,6 +210,7 @@ class PartitionProcessor:
                start)
         self._window(key).add_event(event, self.features[model])
         self.totals[key[:3]] = self.totals.get(key[:3], 0) + 1
+        self._downstream(out, rows_to_columns("prediction", [event]), {key: [0]}, offset)
         out.closed.extend(self.close_windows())
 
     def _late(self, out: Outputs, ts: float, start: float, watermark: float, index: int | None,
@@ -213,7 +268,62 @@ class PartitionProcessor:
             total_key = key[:3]
             self.totals[total_key] = self.totals.get(total_key, 0) + len(group)
         self.watermark = watermark
+        if groups:
+            self._downstream(out, columns, groups, offset)
         out.closed.extend(self.close_windows())
+
+    def _downstream(self, out: Outputs, columns: dict[str, Any], groups: dict[WindowKey, list[int]],
+                    offset: int) -> None:
+        """What accepted predictions feed besides their window: field sketches (drift),
+        event-level invariants, and the join stage (re-keyed by prediction_id / unit_id)."""
+        rows: list[int] = []
+        versions: list[str] = []
+        segments: list[str] = []
+        by_sketch: dict[SketchKey, tuple[list[int], list[str]]] = {}
+        for (model, version, segment, start), group in groups.items():
+            rows.extend(group)
+            versions.extend([version] * len(group))
+            segments.extend([segment] * len(group))
+            sk = by_sketch.get((model, version, start))
+            if sk is None:
+                by_sketch[(model, version, start)] = (list(group), [segment] * len(group))
+            else:
+                sk[0].extend(group)
+                sk[1].extend([segment] * len(group))
+        for key, (group, labels) in by_sketch.items():
+            buffer = self._sketch_buffers.get(key)
+            if buffer is None:
+                buffer = self._sketch_buffers[key] = SketchBuffer()
+            if buffer.add(columns, group, labels) >= SKETCH_FLUSH_ROWS:
+                self._flush_sketches(key)
+            if self.config.sampling.per_window:
+                sampler = self.samplers.get(key)
+                if sampler is None:
+                    sampling = self.config.sampling
+                    sampler = self.samplers[key] = WindowSampler(
+                        self.source, *key, per_window=sampling.per_window,
+                        min_per_segment=sampling.min_per_segment, interesting=sampling.interesting)
+                sampler.offer(columns, group, labels)
+        if self.invariants is not None:
+            self.invariants.update_columns(take(columns, rows), "prediction", segments)
+            self._close_invariants(out, self.watermark)
+        out.messages.extend(self.router.predictions(columns, rows, versions, segments, offset))
+
+    def _flush_sketches(self, key: SketchKey | None = None) -> None:
+        for k in [key] if key is not None else list(self._sketch_buffers):
+            buffer = self._sketch_buffers.pop(k, None)
+            if buffer is None or not buffer.labels:
+                continue
+            sketches = self.sketches.get(k)
+            if sketches is None:
+                sketches = self.sketches[k] = FieldSketches(k[0], k[1], k[2], spec=self.sketch_specs[k[0]])
+            sketches.update_columns(buffer.columns, buffer.labels)
+
+    def _close_invariants(self, out: Outputs, watermark: float) -> None:
+        for result in self.invariants.close_windows(watermark):
+            out.messages.append((self.config.topics.summaries, result.model.encode(),
+                                 {"type": "invariant_window", "source": self.source, "seq": self.next_offset,
+                                  **result.to_dict()}))
 
     def _version(self, model: str, version: str) -> str:
         seen = self.versions[model]
@@ -246,17 +356,41 @@ class PartitionProcessor:
         limit = self.watermark - self.lateness
         if not self.windows or limit < self._earliest_start + self.window_length:
             return closed
+        for key in {(m, v, start) for m, v, _, start in self.windows if start + self.window_length <= limit}:
+            self._flush_sketches(key)
         for key in [k for k in self.windows if k[3] + self.window_length <= limit]:
             model, version, segment, start = key
+            sketches = self.sketches.get((model, version, start))
             window = ClosedWindow(model, version, segment, start, start + self.window_length,
-                                  self.windows.pop(key))
+                                  self.windows.pop(key),
+                                  sketches.segments.get(segment) if sketches is not None else None)
             previous = self.last_closed.get(key[:3])
             if previous is None or previous.start <= start:
                 self.last_closed[key[:3]] = window
             closed.append(window)
         self.counters["windows_closed"] += len(closed)
         self._earliest_start = min((k[3] for k in self.windows), default=math.inf)
+        if closed:
+            open_starts = {k[3] for k in self.windows}
+            for key in [k for k in self.sketches if k[2] not in open_starts]:
+                del self.sketches[key]
+            for key in [k for k in self.samplers if k[2] not in open_starts]:
+                sampler = self.samplers.pop(key)
+                for segment, rate in sampler.rates().items():
+                    self.sample_rates[(key[0], key[1], segment)] = rate
+                topic = self.config.topics.samples
+                self.ready.extend((topic, key[0].encode(), record)
+                                  for record in sampler.records(key[2] + self.window_length))
         return sorted(closed, key=lambda w: (w.start, w.model, w.version, w.segment))
+
+    def tick(self, now: float) -> Outputs:
+        """Timers: close the windows of a partition that has gone quiet."""
+        out = Outputs(closed=self.advance_idle(now, self.idle_after))
+        if out.closed and self.invariants is not None:
+            self._close_invariants(out, self.watermark)
+        out.messages.extend(self.ready)
+        self.ready = []
+        return out
 
     def advance_idle(self, now: float, idle_after: float) -> list[ClosedWindow]:
         """Close windows of a partition that has been silent for ``idle_after`` seconds of
@@ -269,6 +403,7 @@ class PartitionProcessor:
 
     # -- snapshots ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        self._flush_sketches()
         return {
             "format": "prodlens.partition_state.v1", "topic": self.topic, "partition": self.partition,
             "kind": self.kind, "next_offset": self.next_offset,
@@ -279,6 +414,10 @@ class PartitionProcessor:
             "versions": {m: list(v) for m, v in self.versions.items()},
             "segments": {m: f.to_dict() for m, f in self.folders.items()},
             "windows": [[*k, s.to_dict()] for k, s in self.windows.items()],
+            "sketches": [[*k, s.to_dict()] for k, s in self.sketches.items()],
+            "samplers": [[*k, s.to_dict()] for k, s in self.samplers.items()],
+            "sample_rates": [[*k, v] for k, v in self.sample_rates.items()],
+            "invariants": self.invariants.to_dict() if self.invariants is not None else None,
             "last_closed": [[w.model, w.version, w.segment, w.start, w.summary.to_dict()]
                             for w in self.last_closed.values()],
         }
@@ -298,6 +437,13 @@ class PartitionProcessor:
                 self.folders[model].restore(admitted)
         self.windows = {(m, v, s, start): WindowSummary.from_dict(d) for m, v, s, start, d in state["windows"]}
         self._earliest_start = min((k[3] for k in self.windows), default=math.inf)
+        self.sketches = {(m, v, start): FieldSketches.from_dict(d) for m, v, start, d in state.get("sketches", ())}
+        self.samplers = {(m, v, start): WindowSampler.from_dict(d) for m, v, start, d in state.get("samplers", ())}
+        self.sample_rates = {(m, v, seg): r for m, v, seg, r in state.get("sample_rates", ())}
+        if self.invariants is not None and state.get("invariants"):
+            self.invariants = InvariantEvaluator.from_dict(
+                state["invariants"], parse_invariants_section(self.config.invariants, self.config.models),
+                partitioning="version")
         self.last_closed = {
             (m, v, s): ClosedWindow(m, v, s, start, start + self.window_length, WindowSummary.from_dict(d))
             for m, v, s, start, d in state["last_closed"]}
@@ -310,3 +456,47 @@ class PartitionProcessor:
         dedupe_from = getattr(self, "_dedupe_from", None)
         return min(dedupe_from, self.next_offset) if dedupe_from is not None else self.next_offset
 
+
+
+def sketch_spec(model: ModelConfig) -> SummarySpec:
+    """The fields summarised per window for drift: the configured features (booleans as
+    categories) and the model output (score or value, and the predicted label)."""
+    fields = {f"features.{name}": "numeric" if kind == "numeric" else "categorical"
+              for name, kind in model.features.items()}
+    if model.output == "regression":
+        fields["output.value"] = "numeric"
+    else:
+        fields["output.label"] = "categorical"
+        if model.output == "binary":
+            fields["output.score"] = "numeric"
+    return SummarySpec(fields=fields, infer=False)
+
+
+SKETCH_FLUSH_ROWS = 4096
+
+
+class SketchBuffer:
+    """Features and outputs of accepted rows of one (model, version, window), as columns."""
+
+    __slots__ = ("columns", "labels")
+
+    def __init__(self) -> None:
+        self.columns: dict[str, dict[str, list]] = {"features": {}, "output": {}}
+        self.labels: list[str] = []
+
+    def add(self, columns: dict[str, Any], rows: list[int], labels: list[str]) -> int:
+        n = len(self.labels)
+        for part in ("features", "output"):
+            mine = self.columns[part]
+            for name, col in columns[part].items():
+                if name == "probabilities":
+                    continue
+                values = mine.get(name)
+                if values is None:
+                    values = mine[name] = [None] * n
+                values.extend([col[i] for i in rows])
+            for name, values in mine.items():  # absent from this message: missing
+                if len(values) < n + len(rows):
+                    values.extend([None] * (n + len(rows) - len(values)))
+        self.labels.extend(labels)
+        return len(self.labels)

@@ -11,11 +11,12 @@ from .config import Config, ConfigError
 def metric_catalogue() -> dict[str, tuple[str, ...] | None]:
     """Every metric name the pipeline exports, for validating alert rules."""
     from .alerts.rules import DEFAULT_CATALOGUE, catalogue_from_registry
+    from .analysis.processor import metric_catalogue as analysis_catalogue
     from .metrics import PipelineCollector
 
     registry = CollectorRegistry()
     registry.register(PipelineCollector(list))
-    return {**catalogue_from_registry(registry), **DEFAULT_CATALOGUE}
+    return {**catalogue_from_registry(registry), **DEFAULT_CATALOGUE, **analysis_catalogue()}
 
 
 def validate_sections(config: Config) -> None:

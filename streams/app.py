@@ -1,11 +1,21 @@
-"""The prodlens worker: faust wiring around the pure ingest core.
+"""The prodlens worker: faust wiring around the pure stage processors.
 
-One faust agent per input topic hands each raw message, in offset order, to the
-:class:`~prodlens.pipeline.PartitionProcessor` of its partition, then publishes
-what it returns: dead letters and closed-window summaries. Timers checkpoint
-state (``streams/checkpoint.py``) and close windows of idle partitions; the
-rebalance hooks restore state exactly before faust seeks. ``/metrics`` is served
-from the event loop itself, so a scrape always sees consistent state.
+Three stages, one pure processor per partition of the topic each consumes:
+
+* ingest (``prodlens.pipeline.PartitionProcessor``) on the predictions, feedback
+  and outcomes topics: validation, dead letters, windows, field sketches,
+  event-level invariants, and re-keying to the internal joins topic;
+* join (``prodlens.joins.JoinProcessor``) on the joins topic: prediction ⨝
+  feedback, shadow pairs, agreement invariants, exposure ⨝ outcome;
+* analysis (``prodlens.analysis.processor.AnalysisProcessor``) on the summaries
+  topic: merged partials, quality, drift, experiments, invariants, alerts.
+
+One faust agent per topic hands each raw message, in offset order, to the
+processor of its partition and publishes what it returns; a one-second timer
+ticks every processor (idle windows, join partials, due evaluations, alert
+rules). Timers checkpoint state (``streams/checkpoint.py``); the rebalance hooks
+restore state exactly before faust seeks. ``/metrics`` is served from the event
+loop itself, so a scrape always sees consistent state.
 
 Several workers with the same ``ingest.group_id`` share the partitions: scaling
 out is Kafka's consumer-group job.
@@ -26,8 +36,12 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from prodlens.analysis.alerting import sinks_from_config
+from prodlens.analysis.processor import AnalysisProcessor
+from prodlens.alerts.sinks import Dispatcher
 from prodlens.config import Config
-from prodlens.metrics import DELAY_BUCKETS, BulkHistogram, PipelineCollector
+from prodlens.joins import JoinProcessor
+from prodlens.metrics import DELAY_BUCKETS, BulkHistogram, DispatcherCollector, PipelineCollector, StageCollector
 from prodlens.pipeline import Outputs, PartitionProcessor
 
 from . import faust_tuning
@@ -41,7 +55,7 @@ log = logging.getLogger("prodlens.worker")
 class PartitionRuntime:
     """A processor plus the delivery futures of outputs not yet covered by a snapshot."""
 
-    processor: PartitionProcessor
+    processor: PartitionProcessor | JoinProcessor | AnalysisProcessor
     unsnapshotted: list[asyncio.Future] = field(default_factory=list)
     dirty: bool = False
     # Set while the outputs of a processed message are being queued: a snapshot taken then
@@ -68,6 +82,9 @@ class Pipeline:
             or config.window.length + config.window.allowed_lateness
         self.loglevel = loglevel
         self.kinds = config.topics.inputs()
+        # every topic a stage consumes -> its processor kind
+        self.stage_kinds = {**self.kinds, config.topics.joins: "join", config.topics.summaries: "analysis"}
+        self.dispatcher = Dispatcher(sinks_from_config(config))
         self.partitions: dict[tuple[str, int], PartitionRuntime] = {}
         self.delays = {topic: BulkHistogram(DELAY_BUCKETS) for topic in self.kinds}
         self.ready = asyncio.Event()
@@ -78,7 +95,11 @@ class Pipeline:
         self._metrics_runner: web.AppRunner | None = None
         self.registry = CollectorRegistry()
         self.registry.register(PipelineCollector(
-            lambda: [rt.processor for rt in self.partitions.values()], self._lag, lambda: self.delays))
+            lambda: [rt.processor for rt in self.partitions.values() if rt.processor.topic in self.kinds],
+            self._lag, lambda: self.delays))
+        self.registry.register(StageCollector(
+            lambda: [rt.processor for rt in self.partitions.values() if rt.processor.topic not in self.kinds]))
+        self.registry.register(DispatcherCollector(self.dispatcher.stats))
         self.app = self._build_app(datadir)
 
     # -- faust app -------------------------------------------------------------------------------
@@ -107,12 +128,12 @@ class Pipeline:
             producer_max_request_size=16 << 20,
             loghandlers=[],
         )
-        for topic_name in self.kinds:
+        for topic_name, kind in self.stage_kinds.items():
             topic = app.topic(topic_name, key_type=bytes, value_type=bytes, key_serializer="raw",
                               value_serializer="raw", partitions=cfg.broker.partitions)
-            app.agent(topic, name=f"ingest-{topic_name}")(self._consume)
+            app.agent(topic, name=f"{kind}-{topic_name}")(self._consume)
         app.timer(cfg.ingest.checkpoint_interval)(self.checkpoint_all)
-        app.timer(1.0)(self._close_idle_windows)
+        app.timer(1.0)(self._tick)
         app.on_rebalance_complete.connect(self._on_rebalance_complete)
         app.on_partitions_revoked.connect(self._on_partitions_revoked)
         app.on_before_shutdown.connect(self._on_shutdown)
@@ -130,6 +151,7 @@ class Pipeline:
                 await producer.start()
                 snapshots = SnapshotWriter(self.bootstrap, self.config.topics.state, options)
                 await snapshots.start()
+                await self.dispatcher.start()
                 self._producer, self._snapshots = producer, snapshots
 
     # -- the agent ------------------------------------------------------------------------------------
@@ -142,9 +164,9 @@ class Pipeline:
                 # had buffered). Skipping it is right: the new owner replays from our snapshot,
                 # which does not cover it. (Before restore the partition is paused: no messages.)
                 continue
-            outputs = runtime.processor.process(message.value, message.offset)
+            outputs = runtime.processor.process(message.value, message.offset, key=message.key)
             runtime.dirty = True
-            if outputs.deadletters or outputs.closed:
+            if outputs:
                 await self._publish(runtime, outputs)
             if outputs.delays:
                 self.delays[message.topic].observe_many(outputs.delays)
@@ -157,10 +179,21 @@ class Pipeline:
             for key, record in outputs.deadletters:
                 runtime.unsnapshotted.append(
                     await self._producer.send(topics.deadletter, orjson.dumps(record), key=key))
+            source = f"{runtime.processor.topic}:{runtime.processor.partition}"
             for window in outputs.closed:
-                key = f"{window.model}/{window.version}/{window.segment}".encode()
-                runtime.unsnapshotted.append(
-                    await self._producer.send(topics.summaries, orjson.dumps(window.to_record()), key=key))
+                # keyed by model: every partial of a model meets in one analysis partition
+                record = window.to_record(source, runtime.processor.next_offset)
+                runtime.unsnapshotted.append(await self._producer.send(
+                    topics.summaries, orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY),
+                    key=window.model.encode()))
+            for message in outputs.messages:
+                topic, key, record = message[0], message[1], message[2]
+                partition = message[3] if len(message) > 3 else None
+                runtime.unsnapshotted.append(await self._producer.send(
+                    topic, orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY), key=key,
+                    partition=partition))
+            if outputs.alert_events:
+                self.dispatcher.submit(outputs.alert_events)
             if len(runtime.unsnapshotted) > 10_000:  # a flood of dead letters: keep only the open ones
                 runtime.unsnapshotted = [f for f in runtime.unsnapshotted
                                          if not f.done() or f.cancelled() or f.exception() is not None]
@@ -197,7 +230,7 @@ class Pipeline:
         """Runs after assignment and before faust seeks to committed offsets: restore state
         and rewind the committed offset to where the snapshot's replay must start."""
         consumer = self.app.consumer
-        assigned = {(tp.topic, tp.partition) for tp in consumer.assignment() if tp.topic in self.kinds}
+        assigned = {(tp.topic, tp.partition) for tp in consumer.assignment() if tp.topic in self.stage_kinds}
         new = sorted(assigned - set(self.partitions))
         if not new:
             self.ready.set()
@@ -209,7 +242,7 @@ class Pipeline:
             client_options(self.config.broker))
         rewind = {}
         for key, (topic, partition) in wanted.items():
-            processor = PartitionProcessor(self.config, topic, partition, self.kinds[topic])
+            processor = self._new_processor(topic, partition)
             state = snapshots.get(key)
             if state is not None:
                 processor.restore(state)
@@ -223,6 +256,16 @@ class Pipeline:
             print(f"[prodlens] restored {len(rewind)} partition snapshot(s); replaying from {replay}",
                   file=sys.stderr, flush=True)
         self.ready.set()
+
+    def _new_processor(self, topic: str, partition: int):
+        kind = self.stage_kinds[topic]
+        if kind == "join":
+            return JoinProcessor(self.config, topic, partition)
+        if kind == "analysis":
+            return AnalysisProcessor(self.config, topic, partition)
+        processor = PartitionProcessor(self.config, topic, partition, kind)
+        processor.idle_after = self.idle_close
+        return processor
 
     async def _on_partitions_revoked(self, sender, revoked, **kwargs) -> None:
         for tp in revoked:
@@ -239,16 +282,18 @@ class Pipeline:
         if self._producer is not None:
             await self._producer.stop()
             await self._snapshots.stop()
+            await self.dispatcher.close()
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
 
-    async def _close_idle_windows(self) -> None:
+    async def _tick(self) -> None:
+        """Each processor's timers: idle windows, join partials, due evaluations, alert rules."""
         now = time.time()
         for runtime in list(self.partitions.values()):
-            closed = runtime.processor.advance_idle(now, self.idle_close)
-            if closed:
+            outputs = runtime.processor.tick(now)
+            if outputs:
                 runtime.dirty = True
-                await self._publish(runtime, Outputs(closed=closed))
+                await self._publish(runtime, outputs)
 
     # -- metrics ---------------------------------------------------------------------------------------------
     def _lag(self) -> dict[tuple[str, int], int]:

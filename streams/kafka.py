@@ -48,7 +48,7 @@ def all_topics(config: Config) -> dict[str, dict[str, str]]:
     t = config.topics
     compact = {"cleanup.policy": "compact"}
     return {t.predictions: {}, t.feedback: {}, t.outcomes: {}, t.deadletter: {}, t.summaries: {},
-            t.samples: {}, t.alerts: {}, t.decisions: {},
+            t.samples: {}, t.alerts: {}, t.decisions: {}, t.drift: {}, t.joins: {},
             t.state: {**compact, "max.message.bytes": str(64 << 20)}}
 
 
@@ -74,3 +74,41 @@ async def ensure_topics(bootstrap: str, config: Config) -> list[str]:
     finally:
         await admin.close()
     return created
+
+
+async def read_topic(bootstrap: str, topic: str, client_options_: dict | None = None,
+                     timeout: float = 30.0) -> list[tuple[int, int, bytes | None, bytes | None]]:
+    """Every message of ``topic`` as (partition, offset, key, value), read to its end.
+
+    The end is the high watermark that Fetch responses carry (right on tansu too; its
+    ListOffsets under-reports, see DESIGN.md)."""
+    import time
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest", **(client_options_ or {}))
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        out, pending = [], set(tps)
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            batches = await consumer.getmany(*pending, timeout_ms=300)
+            for tp, messages in batches.items():
+                out += [(m.partition, m.offset, m.key, m.value) for m in messages]
+            for tp in list(pending):
+                hw = consumer.highwater(tp)
+                if hw is not None and await consumer.position(tp) >= hw:
+                    pending.discard(tp)
+        return out
+    finally:
+        await consumer.stop()

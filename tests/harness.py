@@ -14,11 +14,11 @@ from pathlib import Path
 
 import orjson
 import yaml
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from prodlens.broker import free_port
 from prodlens.config import load_config
+from prodlens.streams.kafka import read_topic
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,7 @@ def make_config(tmp_path: Path, prefix: str, **overrides) -> Path:
     data = yaml.safe_load((REPO / "prodlens" / "prodlens.example.yaml").read_text())
     data["topics"] = {name: f"{prefix}.{name}" for name in
                       ("predictions", "feedback", "outcomes", "deadletter", "summaries", "samples",
-                       "alerts", "decisions", "state")}
+                       "alerts", "decisions", "state", "drift", "joins")}
     data["ingest"] = {"group_id": f"{prefix}-group", "checkpoint_interval": "1s"}
     data["window"] = {"length": "10s", "allowed_lateness": "5s", "idle_close": "3s"}
     data["broker"]["partitions"] = 2
@@ -111,38 +111,8 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.25, what: str =
     raise TimeoutError(f"timed out waiting for {what} (last: {last!r})")
 
 
-async def read_topic(bootstrap: str, topic: str, timeout: float = 10.0) -> list[tuple[int, int, bytes, bytes]]:
-    """Every message of ``topic`` as (partition, offset, key, value), read to the fetch high watermark."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        if not tps:
-            return []
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        out, pending = [], set(tps)
-        deadline = time.monotonic() + timeout
-        while pending and time.monotonic() < deadline:
-            batches = await consumer.getmany(*pending, timeout_ms=300)
-            for tp, messages in batches.items():
-                out += [(m.partition, m.offset, m.key, m.value) for m in messages]
-            for tp in list(pending):
-                hw = consumer.highwater(tp)
-                if hw is not None and await consumer.position(tp) >= hw:
-                    pending.discard(tp)
-        return out
-    finally:
-        await consumer.stop()
-
-
 def read_topic_sync(bootstrap: str, topic: str) -> list[tuple[int, int, bytes, bytes]]:
-    return asyncio.run(read_topic(bootstrap, topic))
+    return asyncio.run(read_topic(bootstrap, topic, timeout=10.0))
 
 
 def load(path: Path):

@@ -1,0 +1,142 @@
+"""The analysis stage's pure core: one summaries-topic partition.
+
+Upstream stages publish partial states (closed ingest windows, join-partition
+quality, experiment and shadow state, invariant windows) to the summaries
+topic, keyed by model (or ``experiment/<name>``), so everything about a model
+meets in one partition and is analysed by exactly one worker. An
+:class:`AnalysisProcessor` routes each record to the analysers that consume its
+``type``, ticks them (they evaluate what is due and return records for the
+drift, decisions and summaries topics), then evaluates the alert rules over
+the metrics those analysers export.
+
+It follows the stage contract of ``streams/app.py`` (``process`` in offset
+order, ``tick``, ``to_dict`` / ``restore`` / ``replay_from``, ``collect``), so a
+restarted worker restores it from the state topic and replays exactly.
+
+>>> from prodlens.config import load_config
+>>> cfg = load_config(data={"models": {"m": {"output": "binary"}}})
+>>> p = AnalysisProcessor(cfg, "prodlens.summaries", 0)
+>>> _ = p.process(b'{"type": "nothing_we_know"}', 0, now=1.0)
+>>> p.counters["unknown_type"], p.next_offset
+(1, 1)
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any, Iterable
+
+import orjson
+
+from ..config import Config
+from ..pipeline import Outputs
+from .alerting import AlertingAnalyser
+from .drift import DriftAnalyser
+from .experiments import ExperimentAnalyser
+from .invariants import InvariantAnalyser
+from .quality import QualityAnalyser
+
+ANALYSERS = {"quality": QualityAnalyser, "drift": DriftAnalyser, "experiments": ExperimentAnalyser,
+             "invariants": InvariantAnalyser}
+
+
+def metric_catalogue() -> dict[str, tuple[str, ...]]:
+    """Metric name -> label names of everything the analysis stage exports."""
+    from . import alerting, drift, experiments, invariants, quality
+
+    catalogue: dict[str, tuple[str, ...]] = {}
+    for module in (quality, drift, experiments, invariants, alerting):
+        catalogue.update(module.METRICS)
+    return catalogue
+
+
+class AnalysisProcessor:
+    """State and processing of one summaries-topic partition (pure: no Kafka, no asyncio)."""
+
+    kind = "analysis"
+
+    def __init__(self, config: Config, topic: str, partition: int):
+        self.config = config
+        self.topic = topic
+        self.partition = partition
+        self.analysers = {name: cls(config) for name, cls in ANALYSERS.items()}
+        self.alerting = AlertingAnalyser(config)
+        self._routes: dict[str, list] = {}
+        for analyser in self.analysers.values():
+            for record_type in analyser.types:
+                self._routes.setdefault(record_type, []).append(analyser)
+        self.next_offset = 0
+        self.counters = {"records": 0, "malformed": 0, "unknown_type": 0}
+        self.last_event_at: float | None = None
+
+    def process(self, raw: bytes | None, offset: int, now: float | None = None,
+                key: bytes | None = None) -> Outputs:
+        out = Outputs()
+        if offset < self.next_offset:
+            return out
+        now = time.time() if now is None else now
+        self.next_offset = offset + 1
+        self.last_event_at = now
+        self.counters["records"] += 1
+        try:
+            record = orjson.loads(raw) if raw else None
+            record_type = record.get("type") if isinstance(record, dict) else None
+        except orjson.JSONDecodeError as exc:
+            record, record_type = None, None
+            self._reject(out, raw, offset, "malformed_json", f"not JSON: {exc}")
+            return out
+        analysers = self._routes.get(record_type)
+        if not analysers:
+            self.counters["unknown_type"] += 1
+            return out
+        for analyser in analysers:
+            analyser.update(key or b"", record, now)
+        return out
+
+    def tick(self, now: float) -> Outputs:
+        """Evaluate what is due, then the alert rules over the resulting metrics."""
+        out = Outputs()
+        for analyser in self.analysers.values():
+            out.messages.extend(analyser.tick(now))
+        emits, events = self.alerting.evaluate(now, list(self._analyser_metrics()))
+        out.messages.extend(emits)
+        out.alert_events.extend(events)
+        return out
+
+    def _reject(self, out: Outputs, raw: bytes | None, offset: int, reason: str, error: str) -> None:
+        self.counters["malformed"] += 1
+        key = f"{self.topic}:{self.partition}:{offset}:-".encode()
+        out.deadletters.append((key, {
+            "reason": reason, "error": error,
+            "source": {"topic": self.topic, "partition": self.partition, "offset": offset, "index": None},
+            "original_b64": base64.b64encode(raw).decode() if raw is not None else None,
+            "event": None, "rejected_at": time.time()}))
+
+    # -- metrics ---------------------------------------------------------------------------------
+    def _analyser_metrics(self) -> Iterable:
+        for analyser in self.analysers.values():
+            yield from analyser.collect()
+
+    def collect(self) -> Iterable:
+        yield from self._analyser_metrics()
+        yield from self.alerting.collect()
+
+    # -- snapshots -------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": "prodlens.analysis_state.v1", "topic": self.topic, "partition": self.partition,
+                "next_offset": self.next_offset, "counters": self.counters,
+                "analysers": {name: a.to_dict() for name, a in self.analysers.items()},
+                "alerting": self.alerting.to_dict()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.next_offset = state["next_offset"]
+        self.counters.update(state["counters"])
+        for name, analyser_state in state["analysers"].items():
+            if name in self.analysers:
+                self.analysers[name].restore(analyser_state)
+        self.alerting.restore(state["alerting"])
+
+    @property
+    def replay_from(self) -> int:
+        return self.next_offset

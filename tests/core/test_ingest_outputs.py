@@ -1,0 +1,113 @@
+"""What the ingest stage hands the later stages: join records, field sketches, samples."""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from prodlens.config import load_config
+from prodlens.fanout import partition_of
+from prodlens.metrics import StageCollector
+from prodlens.pipeline import PartitionProcessor
+from prodlens.simulate import columnar_envelope
+
+CONFIG = load_config(data={
+    "models": {"churn": {"output": "binary", "classes": ["stay", "churn"], "positive_class": "churn",
+                         "features": {"age": "numeric", "plan": "categorical"},
+                         "segments": {"country": {"top_k": 5}}}},
+    "broker": {"partitions": 3},
+    "sampling": {"per_window": 4, "min_per_segment": 1, "interesting": 2}})
+
+
+def prediction(i: int, ts: float, country: str, experiment: str | None = None) -> dict:
+    return {"event_id": f"e{i}", "prediction_id": f"p{i}", "timestamp": ts, "model": "churn",
+            "version": "v1", "unit_id": f"u{i % 7}", "experiment": experiment,
+            "variant": "b" if experiment else None, "segment": {"country": country},
+            "features": {"age": 20 + i, "plan": "pro" if i % 2 else "basic"},
+            "output": {"label": "churn" if i % 3 == 0 else "stay", "score": (i % 10) / 10}}
+
+
+def envelope(events: list[dict]) -> bytes:
+    return orjson.dumps(columnar_envelope("prediction", events))
+
+
+def test_predictions_are_rekeyed_by_prediction_id_and_unit_with_folded_labels():
+    p = PartitionProcessor(CONFIG, "prodlens.predictions", 0, "prediction")
+    events = [prediction(i, 100.0 + i, "US" if i % 4 else "DE", "exp1" if i < 4 else None) for i in range(12)]
+    out = p.process(envelope(events), offset=0, now=200.0)
+    joins = [m for m in out.messages if m[0] == CONFIG.topics.joins]
+    seen = {}
+    for topic, key, record, partition in joins:
+        cols = record["columns"]
+        if record["kind"] == "prediction":
+            for pid, segment, version in zip(cols["prediction_id"], cols["segment"], cols["version"]):
+                assert partition == partition_of(pid, 3)
+                seen[pid] = segment
+                assert version == "v1"
+            assert "features" not in cols  # slim: only what the join needs
+        else:
+            assert record["kind"] == "exposure"
+            assert all(partition == partition_of(u, 3) for u in cols["unit_id"])
+            assert set(cols["experiment"]) == {"exp1"}
+    assert seen == {f"p{i}": "country=" + ("US" if i % 4 else "DE") for i in range(12)}
+
+
+def test_feedback_is_rekeyed_by_prediction_id():
+    p = PartitionProcessor(CONFIG, "prodlens.feedback", 1, "feedback")
+    raw = orjson.dumps({"event_id": "f1", "prediction_id": "p42", "timestamp": 5, "kind": "label", "value": "churn"})
+    out = p.process(raw, offset=0, now=6.0)
+    [(topic, key, record, partition)] = out.messages
+    assert (topic, partition, record["kind"]) == (CONFIG.topics.joins, partition_of("p42", 3), "feedback")
+    assert record["columns"]["value"] == ["churn"] and record["source"] == "prodlens.feedback:1"
+
+
+def test_closed_windows_carry_sketches_and_samples_with_a_rare_segment_represented():
+    p = PartitionProcessor(CONFIG, "prodlens.predictions", 0, "prediction")
+    events = [prediction(i, 100.0 + i * 0.5, "US" if i else "IS") for i in range(40)]
+    p.process(envelope(events), offset=0, now=200.0)
+    closed, samples = [], []
+    out = p.process(envelope([prediction(99, 1000.0, "US")]), offset=1, now=300.0)
+    closed += out.closed
+    samples += [m[2] for m in out.messages if m[0] == CONFIG.topics.samples]
+    by_segment = {w.segment: w for w in closed}
+    assert by_segment["country=US"].fields.fields["features.age"].count == 39
+    assert by_segment["country=IS"].fields.count == 1
+    record = by_segment["country=US"].to_record("prodlens.predictions:0", 2)
+    assert record["fields"]["count"] == 39 and record["source"] == "prodlens.predictions:0"
+    reservoir = [s for s in samples if s["sampler"] == "reservoir"]
+    assert len(reservoir) == 4 and "country=IS" in {s["segment"] for s in reservoir}
+    us = [s for s in reservoir if s["segment"] == "country=US"]
+    assert all(math.isclose(s["weight"], 1 / s["inclusion_probability"]) for s in us)
+    assert us[0]["inclusion_probability"] < 1  # 3 of 39 kept
+    assert len([s for s in samples if s["sampler"] == "priority"]) == 2
+    assert p.sample_rates[("churn", "v1", "country=IS")] == 1.0
+
+
+def test_snapshot_restore_keeps_sketches_and_samplers():
+    a = PartitionProcessor(CONFIG, "prodlens.predictions", 0, "prediction")
+    a.process(envelope([prediction(i, 100.0 + i, "US") for i in range(10)]), offset=0, now=200.0)
+    b = PartitionProcessor(CONFIG, "prodlens.predictions", 0, "prediction")
+    b.restore(orjson.loads(orjson.dumps(a.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY)))
+    tail = envelope([prediction(50, 1000.0, "US")])
+    out_a, out_b = a.process(tail, offset=1, now=300.0), b.process(tail, offset=1, now=300.0)
+    assert [w.to_record() for w in out_a.closed] == [w.to_record() for w in out_b.closed]
+    assert [m[2] for m in out_a.messages] == [m[2] for m in out_b.messages]
+
+
+def test_stage_collector_sums_identical_series_across_partitions():
+    class Fake:
+        def __init__(self, n):
+            self.n = n
+
+        def collect(self):
+            c = CounterMetricFamily("prodlens_feedback_orphaned", "x", labels=["reason"])
+            c.add_metric(["unknown_prediction"], self.n)
+            g = GaugeMetricFamily("prodlens_join_pending_predictions", "y")
+            g.add_metric([], self.n * 10)
+            return [c, g]
+
+    families = {f.name: f for f in StageCollector(lambda: [Fake(1), Fake(2)]).collect()}
+    assert [s.value for s in families["prodlens_feedback_orphaned"].samples] == [3]
+    assert [s.value for s in families["prodlens_join_pending_predictions"].samples] == [30]
