@@ -8,8 +8,8 @@
 """
 
 from .rules import (DEFAULT_CATALOGUE, AlertConfigError, AlertRule, AlertsSpec, Sample, catalogue_from_registry,
-                    parse_alerts, samples_from_registry)
+                    parse_alerts, samples_from_families, samples_from_registry)
 from .state import AlertEngine, AlertEvent
 
 __all__ = ["DEFAULT_CATALOGUE", "AlertConfigError", "AlertRule", "AlertsSpec", "Sample", "catalogue_from_registry",
-           "parse_alerts", "samples_from_registry", "AlertEngine", "AlertEvent"]
+           "parse_alerts", "samples_from_families", "samples_from_registry", "AlertEngine", "AlertEvent"]

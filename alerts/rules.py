@@ -81,12 +81,34 @@ DEFAULT_CATALOGUE: dict[str, tuple[str, ...]] = {
     "prodlens_window_feature_missing_ratio": ("model", "version", "segment", "feature"),
     "prodlens_events_consumed_total": ("topic",),
     "prodlens_events_rejected_total": ("topic", "reason"),
-    "prodlens_quality": ("model", "version", "segment", "metric"),
-    "prodlens_quality_n": ("model", "version", "segment", "metric"),
-    "prodlens_quality_lower": ("model", "version", "segment", "metric"),
-    "prodlens_quality_upper": ("model", "version", "segment", "metric"),
+    # analysis stage (stages.md "Metric names"; alert rules of the pipeline engine see these)
+    **{name: ("model", "version", "segment", "metric", "class", "view")
+       for name in ("prodlens_quality", "prodlens_quality_n", "prodlens_quality_lower", "prodlens_quality_upper")},
+    **{name: ("model", "version", "segment", "metric", "view")
+       for name in ("prodlens_quality_estimated", "prodlens_quality_estimated_lower",
+                    "prodlens_quality_estimated_upper")},
+    "prodlens_quality_estimate_trusted": ("model", "version"),
+    "prodlens_label_coverage_ratio": ("model", "version", "segment", "view"),
+    "prodlens_label_delay_seconds": ("model", "version", "segment", "quantile"),
+    "prodlens_quality_window_end_timestamp_seconds": ("model", "version", "segment"),
+    "prodlens_feedback_joined_total": ("model",),
+    "prodlens_feedback_orphaned_total": ("reason",),
+    "prodlens_join_pending_predictions": (),
+    "prodlens_join_early_feedback": (),
+    "prodlens_join_state_bytes": (),
     "prodlens_drift": ("model", "version", "segment", "feature", "statistic"),
+    "prodlens_drift_verdict": ("model", "version", "segment", "feature"),
+    "prodlens_drift_flagged": ("model", "version", "segment"),
+    "prodlens_drift_events_total": ("model", "verdict"),
+    "prodlens_change_points_total": ("model", "version", "segment", "series", "detector"),
+    "prodlens_drift_window_end_timestamp_seconds": ("model", "version"),
     "prodlens_invariant_violations_total": ("model", "version", "segment", "invariant"),
+    "prodlens_invariant_checked_total": ("model", "version", "segment", "invariant"),
+    "prodlens_invariant_violation_ratio": ("model", "version", "segment", "invariant"),
+    "prodlens_invariant_violation_ratio_n": ("model", "version", "segment", "invariant"),
+    "prodlens_invariant_value": ("model", "version", "segment", "invariant"),
+    "prodlens_alerts_firing": ("alertname", "severity"),
+    "prodlens_alert_transitions_total": ("alertname", "state"),
 }
 
 
@@ -120,6 +142,19 @@ def samples_from_registry(registry: Any) -> list[Sample]:
     for metric in registry.collect():
         for s in metric.samples:
             out.append(Sample(s.name, dict(s.labels), float(s.value), s.timestamp))
+    return out
+
+
+def samples_from_families(families: Iterable[Any]) -> list[Sample]:
+    """The samples of prometheus_client metric families (``Collector.collect()`` output) as
+    :class:`Sample`, named as exported (counters with ``_total``); ``_created`` samples are left out."""
+    out = []
+    for family in families:
+        for s in family.samples:
+            if s.name.endswith("_created"):
+                continue
+            ts = s.timestamp
+            out.append(Sample(s.name, dict(s.labels), float(s.value), float(ts) if ts is not None else None))
     return out
 
 

@@ -197,8 +197,12 @@ class AlertEngine:
     ['resolved']
     """
 
-    def __init__(self, spec: AlertsSpec | Iterable[AlertRule]):
+    def __init__(self, spec: AlertsSpec | Iterable[AlertRule], *, absent_selector: bool = True):
+        """``absent_selector=False``: a ``no_data`` rule judges only series this engine has seen
+        (it never fires for a selector that matched nothing yet). For engines that see a part
+        of the metrics, e.g. one analysis partition that owns some of the models."""
         rules = spec.rules if hasattr(spec, "rules") else tuple(spec)  # an AlertsSpec or rules
+        self.absent_selector = absent_selector
         self.rules: dict[str, AlertRule] = {r.name: r for r in rules}
         self.last_evaluation: float | None = None
         self._alerts: dict[tuple[str, LabelsKey], _Alert] = {}
@@ -229,6 +233,10 @@ class AlertEngine:
             del self._outbox[next(iter(self._outbox))]
             self.outbox_dropped += 1
         return events
+
+    def idle(self) -> bool:
+        """Nothing to evaluate: no rules, and no alert of a removed rule left to resolve."""
+        return not self.rules and not self._orphans
 
     def acknowledge(self, event_ids: Iterable[str] | Iterable[AlertEvent]) -> None:
         """Mark events as published (e.g. written to the alerts topic)."""
@@ -343,6 +351,8 @@ class AlertEngine:
                 self._step(rule, key, matched[key].labels, verdict, value, now, {"raw": value}, events)
             else:
                 self._step(rule, key, series.labels, BREACH, None, now, {"raw": None}, events)
+        if not self.absent_selector:
+            return
         selector_key = labels_key(rule.equality_labels())
         if not matched and not known:
             self._step(rule, selector_key, rule.equality_labels(), BREACH, None, now, {"raw": None}, events)
@@ -448,11 +458,13 @@ class AlertEngine:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], spec: AlertsSpec | Iterable[AlertRule]) -> "AlertEngine":
-        """Restore; firing alerts of rules no longer configured resolve at the next evaluation."""
+    def from_dict(cls, data: Mapping[str, Any], spec: AlertsSpec | Iterable[AlertRule],
+                  **kwargs: Any) -> "AlertEngine":
+        """Restore; firing alerts of rules no longer configured resolve at the next evaluation.
+        ``kwargs``: constructor options (``absent_selector``)."""
         if data.get("state_version") != STATE_VERSION:
             raise ValueError(f"state_version: expected {STATE_VERSION}, got {data.get('state_version')!r}")
-        engine = cls(spec)
+        engine = cls(spec, **kwargs)
         engine.last_evaluation = data["last_evaluation"]
         for rule, key, a in data["alerts"]:
             alert = _Alert.from_dict(a)

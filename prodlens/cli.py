@@ -275,6 +275,53 @@ def reference_build(data: Path = typer.Argument(..., help="training data: CSV (.
         typer.echo(_field_line(field_path, ref.all.fields[field_path]))
 
 
+report_app = typer.Typer(no_args_is_help=True, help="Experiment, canary and shadow reports.")
+app.add_typer(report_app, name="report")
+
+
+@report_app.command("experiment")
+def report_experiment(name: str = typer.Argument(..., help="an A/B experiment, canary ladder or shadow model"),
+                      config: Optional[Path] = ConfigOpt, broker: Optional[str] = BrokerOpt,
+                      html: Optional[Path] = typer.Option(None, "--html", help="also write an HTML report here")):
+    """Print the latest analysis of an experiment: per variant n, rate or mean ± CI, lift,
+    chance to beat baseline, p-value, SRM status and decision (the same figures as the
+    Prometheus metrics). Canary ladders show their latest decision; shadow models their
+    disagreement and accuracy."""
+    import orjson
+
+    from .analysis.experiments import decision_from_record, result_from_record, shadow_result_from_record
+    from .experiments.report import render_html, render_text
+    from .streams.kafka import client_options, read_topic
+
+    cfg = _config(config)
+    bootstrap = broker or cfg.broker.bootstrap
+    if bootstrap == "embedded":
+        typer.echo("report reads a running broker: pass --broker HOST:PORT (prodlens run prints it)", err=True)
+        raise typer.Exit(2)
+    options = client_options(cfg.broker)
+    experiment = canary = None
+    shadows = {}
+    for _, _, key, value in asyncio.run(read_topic(bootstrap, cfg.topics.summaries, options)):
+        record = orjson.loads(value)
+        if record.get("type") == "experiment_result" and record.get("experiment") == name:
+            experiment = result_from_record(record)          # later records supersede earlier ones
+        elif record.get("type") == "shadow_result" and record.get("model") == name:
+            k, result = shadow_result_from_record(record)
+            shadows[k] = result
+    for _, _, key, value in asyncio.run(read_topic(bootstrap, cfg.topics.decisions, options)):
+        record = orjson.loads(value)
+        if record.get("ladder") == name:
+            canary = decision_from_record(record)
+    if experiment is None and canary is None and not shadows:
+        typer.echo(f"no results for {name!r} yet on {cfg.topics.summaries} / {cfg.topics.decisions} "
+                   f"(declared under experiments: in the config? traffic flowing?)", err=True)
+        raise typer.Exit(1)
+    typer.echo(render_text(experiment, canary, shadows or None))
+    if html is not None:
+        html.write_text(render_html(experiment, canary, shadows or None))
+        typer.echo(f"wrote {html}")
+
+
 samples_app = typer.Typer(no_args_is_help=True, help="Sampled raw events: export them for analysis.")
 app.add_typer(samples_app, name="samples")
 

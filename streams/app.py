@@ -85,11 +85,13 @@ class Pipeline:
         # every topic a stage consumes -> its processor kind
         self.stage_kinds = {**self.kinds, config.topics.joins: "join", config.topics.summaries: "analysis"}
         self.dispatcher = Dispatcher(sinks_from_config(config))
+        self._last_refresh = 0.0
         self.partitions: dict[tuple[str, int], PartitionRuntime] = {}
         self.delays = {topic: BulkHistogram(DELAY_BUCKETS) for topic in self.kinds}
         self.ready = asyncio.Event()
         self.snapshots_restored = 0
         self._producer: AIOKafkaProducer | None = None
+        self.dispatcher_started = False
         self._snapshots: SnapshotWriter | None = None
         self._start_lock: asyncio.Lock | None = None
         self._metrics_runner: web.AppRunner | None = None
@@ -152,6 +154,7 @@ class Pipeline:
                 snapshots = SnapshotWriter(self.bootstrap, self.config.topics.state, options)
                 await snapshots.start()
                 await self.dispatcher.start()
+                self.dispatcher_started = True
                 self._producer, self._snapshots = producer, snapshots
 
     # -- the agent ------------------------------------------------------------------------------------
@@ -294,6 +297,13 @@ class Pipeline:
             if outputs:
                 runtime.dirty = True
                 await self._publish(runtime, outputs)
+        if self.dispatcher_started and now - self._last_refresh >= 60.0:
+            # Alertmanager resolves an alert it has not heard of for a while: re-send firing ones.
+            self._last_refresh = now
+            firing = [event for rt in list(self.partitions.values()) if isinstance(rt.processor, AnalysisProcessor)
+                      for event in rt.processor.alerting.firing()]
+            if firing:
+                self.dispatcher.refresh(firing)
 
     # -- metrics ---------------------------------------------------------------------------------------------
     def _lag(self) -> dict[tuple[str, int], int]:

@@ -93,7 +93,8 @@ def _add_status_line(pipeline: Pipeline, every: float) -> None:
     state = {"events": 0, "at": time.monotonic()}
 
     async def status() -> None:
-        processors = [rt.processor for rt in pipeline.partitions.values()]
+        owned = [rt.processor for rt in pipeline.partitions.values()]
+        processors = [p for p in owned if p.topic in pipeline.kinds]
         events = sum(p.counters["events"] for p in processors)
         rejected = sum(sum(p.rejected.values()) for p in processors)
         windows = sum(p.counters["windows_closed"] for p in processors)
@@ -101,7 +102,8 @@ def _add_status_line(pipeline: Pipeline, every: float) -> None:
         rate = (events - state["events"]) / max(now - state["at"], 1e-9)
         state.update(events=events, at=now)
         print(f"[prodlens] {events:,} events ({rate:,.0f}/s), {rejected:,} rejected, "
-              f"{windows:,} windows closed, {len(processors)} partitions owned",
+              f"{windows:,} windows closed, {len(owned)} partitions owned "
+              f"({len(processors)} ingest, {len(owned) - len(processors)} join/analysis)",
               file=sys.stderr, flush=True)
 
     pipeline.app.timer(every)(status)

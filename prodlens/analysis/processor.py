@@ -41,6 +41,11 @@ ANALYSERS = {"quality": QualityAnalyser, "drift": DriftAnalyser, "experiments": 
              "invariants": InvariantAnalyser}
 
 
+# Records this stage itself publishes on the summaries topic, for people and tools (the report
+# command); they come back to it as input and are skipped.
+OWN_OUTPUTS = frozenset({"quality_summary", "experiment_result", "shadow_result"})
+
+
 def metric_catalogue() -> dict[str, tuple[str, ...]]:
     """Metric name -> label names of everything the analysis stage exports."""
     from . import alerting, drift, experiments, invariants, quality
@@ -87,11 +92,18 @@ class AnalysisProcessor:
             self._reject(out, raw, offset, "malformed_json", f"not JSON: {exc}")
             return out
         analysers = self._routes.get(record_type)
+        if not analysers and record_type in OWN_OUTPUTS:
+            return out
         if not analysers:
             self.counters["unknown_type"] += 1
             return out
         for analyser in analysers:
-            analyser.update(key or b"", record, now)
+            try:
+                analyser.update(key or b"", record, now)
+            except (ValueError, KeyError, TypeError) as exc:
+                # A record this stage cannot use (a foreign producer on the topic, a format from
+                # another release): dead-letter it with the reason and keep going.
+                self._reject(out, raw, offset, "schema_violation", f"{type(analyser).__name__}: {exc}")
         return out
 
     def tick(self, now: float) -> Outputs:

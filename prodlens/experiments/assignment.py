@@ -398,3 +398,79 @@ class Assigner:
             if a.in_experiment:
                 result.append(a)
         return result
+
+
+class CanaryTraffic:
+    """Follows a canary ladder from its decision records (the decisions topic), so an app
+    (the SDK, the simulator) shifts traffic without a deploy.
+
+    Feed every record of the decisions topic to :meth:`apply`; records of other ladders,
+    and records older than the last one applied (a replay after a restart of the analysis
+    stage), are ignored. :attr:`share` is the canary's current traffic share (``initial``
+    until the first decision), :meth:`experiment` the assignment for it (monotone: a unit on
+    the canary stays there as the share grows, a rollback moves everyone back at once) and
+    :meth:`version_for` the version that serves a unit. Standard library only.
+
+    >>> t = CanaryTraffic("churn_v8", "v7", "v8", initial=0.01)
+    >>> t.apply({"type": "canary_decision", "ladder": "churn_v8", "action": "promote",
+    ...          "status": "running", "step": 1, "traffic": 0.05, "timestamp": 100.0})
+    True
+    >>> t.share, t.apply({"type": "canary_decision", "ladder": "other", "traffic": 1.0, "timestamp": 200.0})
+    (0.05, False)
+    """
+
+    def __init__(self, ladder: str, baseline: str, canary: str, initial: float = 0.0, seed: str | None = None):
+        if not 0.0 <= initial <= 1.0:
+            raise ValueError(f"{ladder}: initial share must be in [0, 1], got {initial!r}")
+        self.ladder = ladder
+        self.baseline = baseline
+        self.canary = canary
+        self.seed = seed
+        self.share = float(initial)
+        self.status = "pending"
+        self.action: str | None = None
+        self.step = 0
+        self.timestamp: float | None = None
+        self._experiment = canary_experiment(ladder, baseline, canary, self.share, seed)
+
+    def apply(self, record: dict) -> bool:
+        """Apply one decision record (a dict as on the topic); True when the share state changed."""
+        if not isinstance(record, dict) or record.get("type", "canary_decision") != "canary_decision" \
+                or record.get("ladder") != self.ladder:
+            return False
+        ts = record.get("timestamp")
+        share = record.get("traffic")
+        if not isinstance(ts, (int, float)) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
+            raise ValueError(f"{self.ladder}: decision record needs numeric 'timestamp' and 'traffic' in [0, 1], "
+                             f"got timestamp={ts!r}, traffic={share!r}")
+        if self.timestamp is not None and ts < self.timestamp:
+            return False
+        self.timestamp = float(ts)
+        self.action = record.get("action")
+        self.status = record.get("status", self.status)
+        self.step = int(record.get("step", self.step))
+        if float(share) == self.share:
+            return False
+        self.share = float(share)
+        self._experiment = canary_experiment(self.ladder, self.baseline, self.canary, self.share, self.seed)
+        return True
+
+    def experiment(self) -> Experiment:
+        return self._experiment
+
+    def version_for(self, unit_id: str) -> str:
+        """The version serving ``unit_id`` at the current share (the same hash as the Assigner)."""
+        exp = self._experiment
+        idx = choose_variant(gb_hash(exp.hash_seed, unit_id, exp.hash_version), exp.ranges)
+        return exp.variants[idx] if idx >= 0 else self.baseline
+
+    def to_dict(self) -> dict:
+        return {"ladder": self.ladder, "baseline": self.baseline, "canary": self.canary, "seed": self.seed,
+                "share": self.share, "status": self.status, "action": self.action, "step": self.step,
+                "timestamp": self.timestamp}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CanaryTraffic":
+        t = cls(d["ladder"], d["baseline"], d["canary"], d["share"], d["seed"])
+        t.status, t.action, t.step, t.timestamp = d["status"], d["action"], d["step"], d["timestamp"]
+        return t

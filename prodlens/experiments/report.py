@@ -419,11 +419,12 @@ def _key_labels(key: str) -> dict:
     return {"model": model, "segment": segment or "__all__"}
 
 
-def shadow_samples(results: Mapping[str, ShadowResult]) -> list[Sample]:
-    """Gauges per shadow key (``model|segment`` keys become ``model`` and ``segment`` labels)."""
+def shadow_samples(results: Mapping[str, ShadowResult], labels: Mapping[str, dict] | None = None) -> list[Sample]:
+    """Gauges per shadow key (``model|segment`` keys become ``model`` and ``segment`` labels,
+    unless ``labels`` gives a key's labels explicitly)."""
     out = []
     for key, r in results.items():
-        lab = _key_labels(key)
+        lab = dict(labels[key]) if labels is not None and key in labels else _key_labels(key)
         out.append(Sample("prodlens_shadow_pairs", lab, float(r.pairs)))
         out.append(Sample("prodlens_shadow_labelled", lab, float(r.labelled)))
         for side in ("primary", "shadow"):

@@ -270,6 +270,14 @@ class ShadowResult:
     def to_dict(self) -> dict:
         return {k: (v.to_dict() if isinstance(v, Estimate) else v) for k, v in vars(self).items()}
 
+    _ESTIMATES = ("disagreement", "accuracy_primary", "accuracy_shadow", "accuracy_diff", "diff", "mae_primary",
+                  "mae_shadow", "mae_diff")
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "ShadowResult":
+        return cls(**{k: (Estimate.from_dict(v) if k in cls._ESTIMATES and v is not None else v)
+                      for k, v in d.items()})
+
 
 class ShadowMonitor:
     """Pairs primary/shadow predictions by ``prediction_id`` and keeps a :class:`ShadowStats`

@@ -21,6 +21,7 @@ number of events.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ import numpy as np
 from prodlens.contract import rows_to_columns
 
 from .expr import Path, column_values, to_array
-from .sample import BottomK
+from .sample import BottomK, priority
 from .spec import (AgreementCheck, BusinessBound, EnumCheck, Invariant, ModelInvariants, NotNullCheck,
                    RangeCheck, RareBound, RuleCheck, Selector, StabilityCheck, TypeCheck, path_text)
 
@@ -123,14 +124,88 @@ class WindowResult:
     value: float | None
     bound: dict
     samples: list[dict]
+    # What a downstream merge needs to rebuild the exact Tally of several partitions:
+    total: float = 0.0                                   # business: sum of the values
+    priorities: list[int] = field(default_factory=list)  # bottom-k priority of each sample
 
     def labels(self) -> dict[str, str]:
         """Labels of ``prodlens_invariant_violations_total``."""
         return {"model": self.model, "version": self.version, "segment": self.segment,
                 "invariant": self.invariant}
 
+    def tally(self, sample_size: int | None = None) -> Tally:
+        """The window's :class:`Tally` again (exact for results of this version; older
+        records without ``total`` / ``priorities`` get them re-derived)."""
+        total = self.total
+        if not total and self.kind == "business" and self.value is not None:
+            aggregate = self.bound.get("aggregate")
+            total = self.value if aggregate == "sum" else self.value * self.checked if aggregate == "mean" else 0.0
+        priorities = list(self.priorities)
+        if len(priorities) != len(self.samples):
+            priorities = [priority(json.dumps(r, sort_keys=True, default=str)) for r in self.samples]
+        by_p: dict[int, dict] = {}
+        for p, r in zip(priorities, self.samples):
+            by_p.setdefault(int(p), r)
+        items = [[p, by_p[p]] for p in sorted(by_p)]
+        k = max(len(items), sample_size if sample_size is not None else len(items))
+        return Tally(self.checked, self.failed, self.errors, self.unpaired, float(total),
+                     BottomK(k=k, items=items, seen=max(self.failed, len(items))))
+
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "WindowResult":
+        """From ``to_dict()`` (extra keys such as a record's type/source/seq are ignored)."""
+        missing = [f for f in _RESULT_REQUIRED if f not in d]
+        if missing:
+            raise ValueError(f"invariant window result: missing field(s) {', '.join(missing)}")
+        return cls(**{f: d[f] for f in _RESULT_FIELDS if f in d})
+
+
+def window_result(inv: Invariant, window_start: float, window_end: float, model: str, version: str,
+                  segment: str, t: Tally) -> WindowResult:
+    """The verdict of ``inv`` on the (possibly merged) tally of one window and key."""
+    value: float | None = t.failed / t.checked if t.checked else None
+    bound: dict = {}
+    status = "violated" if t.failed else "ok"
+    violations = t.failed
+    if isinstance(inv, AgreementCheck):
+        value = (t.checked - t.failed) / t.checked if t.checked else None
+        bound = {"min_agreement": inv.min_agreement, "min_pairs": inv.min_pairs}
+        if t.checked < inv.min_pairs:
+            status = "insufficient"
+        else:
+            status = "violated" if value < inv.min_agreement else "ok"
+        violations = int(status == "violated")
+    elif isinstance(inv, RareBound):
+        value = float(t.failed)
+        bound = {k: v for k, v in (("max_count", inv.max_count), ("max_rate", inv.max_rate)) if v is not None}
+        breached = (inv.max_count is not None and t.failed > inv.max_count) or (
+            inv.max_rate is not None and t.checked > 0 and t.failed / t.checked > inv.max_rate)
+        status = "violated" if breached else "ok"
+        violations = int(breached)
+    elif isinstance(inv, BusinessBound):
+        bound = {k: v for k, v in (("lower", inv.lower), ("upper", inv.upper)) if v is not None}
+        bound["aggregate"] = inv.aggregate
+        if t.checked < inv.min_count or (inv.aggregate == "mean" and t.checked == 0):
+            value, status = None, "insufficient"
+        else:
+            value = {"sum": t.total, "count": float(t.checked),
+                     "mean": t.total / t.checked if t.checked else None}[inv.aggregate]
+            low = inv.lower is not None and value < inv.lower
+            high = inv.upper is not None and value > inv.upper
+            status = "violated" if low or high else "ok"
+        violations = int(status == "violated")
+    elif isinstance(inv, StabilityCheck):
+        bound = {"max_flips": inv.max_flips, "within": inv.within}
+    return WindowResult(window_start, window_end, model, version, segment, inv.name, inv.kind, t.checked,
+                        t.failed, t.errors, t.unpaired, violations, status, value, bound,
+                        t.sample.records(), t.total, [item[0] for item in t.sample.items])
+
+
+_RESULT_FIELDS = tuple(WindowResult.__dataclass_fields__)
+_RESULT_REQUIRED = _RESULT_FIELDS[:-2]
 
 
 # ----------------------------------------------------------------------------------- batches
@@ -592,42 +667,7 @@ class InvariantEvaluator:
 
     def _result(self, ws: float, model: str, version: str, segment: str, inv: Invariant,
                 t: Tally) -> WindowResult:
-        value: float | None = t.failed / t.checked if t.checked else None
-        bound: dict = {}
-        status = "violated" if t.failed else "ok"
-        violations = t.failed
-        if isinstance(inv, AgreementCheck):
-            value = (t.checked - t.failed) / t.checked if t.checked else None
-            bound = {"min_agreement": inv.min_agreement, "min_pairs": inv.min_pairs}
-            if t.checked < inv.min_pairs:
-                status = "insufficient"
-            else:
-                status = "violated" if value < inv.min_agreement else "ok"
-            violations = int(status == "violated")
-        elif isinstance(inv, RareBound):
-            value = float(t.failed)
-            bound = {k: v for k, v in (("max_count", inv.max_count), ("max_rate", inv.max_rate)) if v is not None}
-            breached = (inv.max_count is not None and t.failed > inv.max_count) or (
-                inv.max_rate is not None and t.checked > 0 and t.failed / t.checked > inv.max_rate)
-            status = "violated" if breached else "ok"
-            violations = int(breached)
-        elif isinstance(inv, BusinessBound):
-            bound = {k: v for k, v in (("lower", inv.lower), ("upper", inv.upper)) if v is not None}
-            bound["aggregate"] = inv.aggregate
-            if t.checked < inv.min_count or (inv.aggregate == "mean" and t.checked == 0):
-                value, status = None, "insufficient"
-            else:
-                value = {"sum": t.total, "count": float(t.checked),
-                         "mean": t.total / t.checked if t.checked else None}[inv.aggregate]
-                low = inv.lower is not None and value < inv.lower
-                high = inv.upper is not None and value > inv.upper
-                status = "violated" if low or high else "ok"
-            violations = int(status == "violated")
-        elif isinstance(inv, StabilityCheck):
-            bound = {"max_flips": inv.max_flips, "within": inv.within}
-        return WindowResult(ws, ws + self.window, model, version, segment, inv.name, inv.kind, t.checked,
-                            t.failed, t.errors, t.unpaired, violations, status, value, bound,
-                            t.sample.records())
+        return window_result(inv, ws, ws + self.window, model, version, segment, t)
 
     # ------------------------------------------------------------------ merge and state
     def open_windows(self) -> list[float]:

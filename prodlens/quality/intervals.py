@@ -24,6 +24,8 @@ Intervals:
 
 from __future__ import annotations
 
+import functools
+
 import math
 from dataclasses import dataclass
 
@@ -33,7 +35,9 @@ DEFAULT_CONFIDENCE = 0.95
 DEFAULT_MIN_N = 10  # below this many observations an estimate is flagged insufficient
 
 
+@functools.lru_cache(maxsize=64)
 def _z(confidence: float) -> float:
+    # scipy's ppf costs ~50 µs a call and every estimate asks for the same few levels
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
     return float(stats.norm.ppf(0.5 + confidence / 2))

@@ -501,3 +501,35 @@ def test_bottom_k_is_uniform_over_distinct_candidates():
             hits[pos] = hits.get(pos, 0) + 1
     # each of 20 positions is kept with probability 5/20: 75 expected of 300 (binomial sd 7.5)
     assert all(40 < hits.get(i, 0) < 110 for i in range(20))
+
+
+def test_window_result_carries_its_tally_for_downstream_merges():
+    """Two partitions' results, rebuilt as tallies and merged, judge like one evaluator fed everything."""
+    from prodlens.invariants import Tally, WindowResult
+    from prodlens.invariants.evaluator import window_result
+
+    items = [{"name": "big", "kind": "rare", "when": "features.x > 10", "max_count": 12},
+             {"name": "x_int", "kind": "type", "field": "features.x", "type": "integer"},
+             {"name": "mass", "kind": "business", "field": "features.x", "aggregate": "mean", "upper": 9}]
+    events = [pred(i, float(i), features={"x": (i % 17) + (0.5 if i % 5 == 0 else 0)}) for i in range(50)]
+    whole, parts = evaluator(items, sample_size=4), [evaluator(items, sample_size=4) for _ in range(2)]
+    whole.update_many(events)
+    for k, p in enumerate(parts):
+        p.update_many(events[k::2])
+    expected = {r.invariant: r for r in whole.close_windows(1000)}
+    halves = [json.loads(json.dumps([r.to_dict() for r in p.close_windows(1000)])) for p in parts]
+    spec = parse_invariants("m", items)
+    for name, want in expected.items():
+        tallies = [WindowResult.from_dict({**d, "type": "invariant_window", "source": "s", "seq": 1}).tally(4)
+                   for half in halves for d in half if d["invariant"] == name]
+        merged = Tally(sample=BottomK(4))
+        for t in tallies:
+            merged.merge(t)
+        got = window_result(spec.by_name(name), 0.0, W, "m", "v1", "__all__", merged)
+        assert got.to_dict() == {**want.to_dict(), "value": pytest.approx(want.value)}
+    assert expected["big"].violations == 1 and all(h_r["violations"] == 0 for h in halves for h_r in h
+                                                   if h_r["invariant"] == "big")
+    legacy = {k: v for k, v in expected["mass"].to_dict().items() if k not in ("total", "priorities")}
+    assert WindowResult.from_dict(legacy).tally().total == pytest.approx(expected["mass"].total)
+    with pytest.raises(ValueError, match="missing field.*checked"):
+        WindowResult.from_dict({k: v for k, v in legacy.items() if k != "checked"})

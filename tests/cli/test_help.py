@@ -23,8 +23,9 @@ def test_help_lists_the_commands_and_groups(tmp_path):
     assert result.returncode == 0, result.stderr
     listed = [line.split()[1] for line in result.stdout.splitlines()
               if line.startswith("│ ") and len(line.split()) > 2 and not line.split()[1].startswith("-")]
-    assert listed == ["run", "demo", "simulate", "validate", "alerts", "reference"]
-    for group, command in (("alerts", "export"), ("reference", "build")):
+    assert listed == ["run", "demo", "simulate", "validate", "alerts", "reference", "report", "samples"]
+    for group, command in (("alerts", "export"), ("reference", "build"), ("report", "experiment"),
+                           ("samples", "export")):
         sub = prodlens(group, "--help", cwd=tmp_path)
         assert sub.returncode == 0 and f"│ {command} " in sub.stdout
 

@@ -12,6 +12,7 @@ that never returns a finite value, fails the test.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import math
 import re
@@ -21,6 +22,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,52 @@ DASHBOARDS = sorted((REPO / "grafana" / "dashboards").glob("*.json"))
 RULE_FILES = sorted((REPO / "deploy" / "rules").glob("*.rules.yml"))
 SCRAPE_INTERVAL = 1.0      # PrometheusServer scrapes every second
 MAX_DATA_POINTS = 1000     # what a Grafana panel asks for, roughly its width in pixels
+
+# -- Two tiers ---------------------------------------------------------------------------------------
+# Tier 1: every target must run without error AND return data. Tier 2: targets that query a metric
+# listed here — one the test pipeline does not produce yet (the join and analysis stages are being
+# wired) — must still parse and evaluate in Prometheus, but may come back empty. The list is checked
+# against what Prometheus scraped: a listed metric that the pipeline now produces fails
+# test_not_yet_produced_is_true (take it off the list), so the list only shrinks and no data check
+# is dropped unnoticed. A query variable whose source metric is listed and has no values is set to
+# NOT_YET_PRODUCED_VALUE so the panels depending on it still run.
+NOT_YET_PRODUCED: frozenset[str] = frozenset({
+    # quality (prodlens/analysis/quality.py)
+    "prodlens_quality", "prodlens_quality_n", "prodlens_quality_lower", "prodlens_quality_upper",
+    "prodlens_quality_estimated", "prodlens_quality_estimated_lower", "prodlens_quality_estimated_upper",
+    "prodlens_quality_estimate_trusted", "prodlens_label_coverage_ratio", "prodlens_label_delay_seconds",
+    "prodlens_quality_window_end_timestamp_seconds",
+    # drift (prodlens/analysis/drift.py)
+    "prodlens_drift", "prodlens_drift_verdict", "prodlens_drift_flagged", "prodlens_drift_events_total",
+    "prodlens_change_points_total", "prodlens_drift_window_end_timestamp_seconds",
+    # invariants (prodlens/analysis/invariants.py)
+    "prodlens_invariant_violations_total", "prodlens_invariant_checked_total",
+    "prodlens_invariant_violation_ratio",
+    # alerts (prodlens/analysis/alerting.py)
+    "prodlens_alerts_firing", "prodlens_alert_transitions_total",
+    # experiments (prodlens/experiments/report.py samples, via prodlens/analysis/experiments.py)
+    "prodlens_experiment_exposures", "prodlens_experiment_srm_p_value", "prodlens_experiment_srm_alarm",
+    "prodlens_experiment_decision", "prodlens_experiment_units", "prodlens_experiment_mean",
+    "prodlens_experiment_mean_ci_low", "prodlens_experiment_mean_ci_high", "prodlens_experiment_lift_absolute",
+    "prodlens_experiment_lift_relative", "prodlens_experiment_lift_relative_ci_low",
+    "prodlens_experiment_lift_relative_ci_high", "prodlens_experiment_p_value",
+    "prodlens_experiment_p_value_adjusted", "prodlens_experiment_chance_to_beat", "prodlens_experiment_significant",
+    "prodlens_canary_traffic", "prodlens_canary_step", "prodlens_canary_decision_timestamp_seconds",
+    "prodlens_canary_decision", "prodlens_canary_status", "prodlens_canary_harm", "prodlens_canary_harm_ci_low",
+    "prodlens_canary_harm_ci_high", "prodlens_canary_tolerance", "prodlens_canary_latency_ratio",
+    "prodlens_shadow_pairs", "prodlens_shadow_labelled", "prodlens_shadow_latency_ms",
+    "prodlens_shadow_disagreement_rate", "prodlens_shadow_disagreement_rate_ci_low",
+    "prodlens_shadow_disagreement_rate_ci_high", "prodlens_shadow_accuracy", "prodlens_shadow_diff_mean",
+    "prodlens_shadow_diff_mean_ci_low", "prodlens_shadow_diff_mean_ci_high", "prodlens_shadow_abs_diff",
+    "prodlens_shadow_mae",
+})
+NOT_YET_PRODUCED_VALUE = "not-yet-produced"
+
+
+def awaited(expr: str) -> set[str]:
+    """The NOT_YET_PRODUCED metrics a PromQL expression queries."""
+    return set(re.findall(r"\b(prodlens_\w+)", expr)) & NOT_YET_PRODUCED
+
 
 pytestmark = [pytest.mark.broker, pytest.mark.skipif(
     shutil.which("prometheus") is None,
@@ -175,24 +223,37 @@ def substitutions(live: Live, dashboard: dict) -> list[tuple[str, dict[str, str]
         for v in variables:
             options = variable_options(live, v, values)
             if not options:
+                if awaited(v["definition"]):   # tier 2: its metric is not produced yet
+                    values[v["name"]] = NOT_YET_PRODUCED_VALUE
+                    continue
                 return None
             wanted = choice.get(v["name"])
             if wanted == "first" or (wanted is None and not v.get("multi")):
                 values[v["name"]] = regex_escape(options[0]) if v.get("multi") else options[0]
             elif wanted is None:
                 values[v["name"]] = v["allValue"]
-            else:
-                assert wanted in options, f"{v['name']}={wanted!r} not among {options}"
+            elif wanted in options:
                 values[v["name"]] = wanted
+            else:                                # an option of another setting of an earlier variable
+                return None
         return values
 
+    # every combination of the single-value variables (a later one's options depend on the earlier
+    # ones: the quality metrics of a regression model are not those of a classifier) ...
     singles = [v for v in variables if not v.get("multi")]
     multis = [v for v in variables if v.get("multi")]
-    choices: list[dict[str, str]] = [{}]
+    combos: list[dict[str, str]] = [{}]
     for v in singles:
-        for option in variable_options(live, v, dict(base)):
-            choices.append({v["name"]: option})
-    for anchor in list(choices):
+        grown = []
+        for combo in combos:
+            values = resolve(combo)
+            options = variable_options(live, v, values) if values is not None else []
+            grown += [{**combo, v["name"]: o} for o in options] or [combo]
+        combos = grown
+    # ... and the multi-value ones narrowed to their first option, at each first single's value
+    anchors = [{}] + list({c.get(singles[0]["name"]) if singles else None: c for c in combos}.values())
+    choices: list[dict[str, str]] = [{}] + combos
+    for anchor in anchors:
         for i in range(len(multis)):
             choices.append({**anchor, **{m["name"]: "first" for m in multis[:i + 1]}})
     out, seen = [], set()
@@ -236,7 +297,7 @@ def test_every_panel_query_returns_data(live, path):
             key = (panel["id"], target["refId"])
             expr = interpolate(target["expr"], values)
             body = live.run(expr, target.get("instant", False), step)
-            if body.get("status") != "success":
+            if body.get("status") != "success":  # both tiers: a query Prometheus rejects fails
                 errors.append(f"[{name}] {panel['title']} {target['refId']}: {body.get('error')}\n  {expr}")
                 continue
             found = has_data(body)
@@ -245,13 +306,36 @@ def test_every_panel_query_returns_data(live, path):
                 data.setdefault(("panel", panel["id"]), False)
                 data[("panel", panel["id"])] |= found
     assert not errors, "queries failed:\n" + "\n".join(errors)
+    tier2 = {(p["id"], t["refId"]) for p, t in panel_targets(dashboard) if awaited(t["expr"])}
     for panel in dashboard["panels"]:
-        if panel.get("targets") and not data[("panel", panel["id"])]:
+        refs = {(panel["id"], t["refId"]) for t in panel.get("targets", [])}
+        if refs and not refs <= tier2 and not data[("panel", panel["id"])]:
             default_empty.append(panel["title"])
     assert not default_empty, f"panels with no data at the default variable values: {default_empty}"
     never = [f"{p['title']} {t['refId']}: {t['expr']}" for p, t in panel_targets(dashboard)
-             if not data[(p["id"], t["refId"])]]
+             if not data[(p["id"], t["refId"])] and (p["id"], t["refId"]) not in tier2]
     assert not never, "targets that returned no data under any variable value:\n" + "\n".join(never)
+    if tier2:
+        warnings.warn(f"{path.name}: {len(tier2)} targets query metrics the test pipeline does not "
+                      f"produce yet (NOT_YET_PRODUCED); they were only checked to evaluate")
+
+
+def test_not_yet_produced_is_true(live):
+    """Every NOT_YET_PRODUCED metric is really absent; once the pipeline exports one, its panels
+    must return data like every other (take it off the list)."""
+    produced = sorted(name for name in NOT_YET_PRODUCED
+                      if live.get("/api/v1/query", query=f'count({{__name__="{name}"}})',
+                                  time=live.end)["data"]["result"])
+    assert not produced, f"the test pipeline now produces {produced}: remove them from NOT_YET_PRODUCED"
+
+
+def test_tier_two_covers_only_contract_metrics():
+    spec = importlib.util.spec_from_file_location("dashboard_files", Path(__file__).with_name("test_dashboard_files.py"))
+    files = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(files)
+    assert NOT_YET_PRODUCED <= set(files.CONTRACT_METRICS) | set(files.REPORT_METRICS)
+    assert awaited('max by (v) (prodlens_quality_upper{a="b"}) < on (v) prodlens_window_predictions') == \
+        {"prodlens_quality_upper"}
 
 
 def test_variables_offer_what_the_pipeline_saw(live):
@@ -307,3 +391,4 @@ def test_shipped_rule_files_load_and_evaluate(live):
             assert set(rules) == {r.get("alert") or r.get("record") for r in group["rules"]}
             for name, rule in rules.items():
                 assert rule["health"] == "ok", f"{path.name} {name}: {rule.get('lastError')}"
+
