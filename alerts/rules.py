@@ -51,6 +51,11 @@ series and ``{$value}``, ``{$threshold}``, ``{$resolve_threshold}``,
 ``{$metric}``, ``{$rule}``, ``{$severity}``, ``{$n}``, ``{$raw}`` (before the
 change transform), ``{$reference}``, each with an optional format spec
 (``{$value:.3f}``). Nothing else is evaluated.
+
+At start (with the metric catalogue) a rule is rejected, naming it, when its metric
+is unknown, a matcher names a label the metric lacks, or its threshold is one the
+metric can never cross (``accuracy above 1.5``, a counter ``below 0``: see
+:func:`value_range`).
 """
 
 from __future__ import annotations
@@ -110,6 +115,66 @@ DEFAULT_CATALOGUE: dict[str, tuple[str, ...]] = {
     "prodlens_alerts_firing": ("alertname", "severity"),
     "prodlens_alert_transitions_total": ("alertname", "state"),
 }
+
+
+# Values a metric can take, for rejecting rules that can never fire ("accuracy above 1.5").
+# Checked with the catalogue (at start); a rule with a change transform is not checked.
+UNIT_INTERVAL_QUALITY = frozenset({
+    "accuracy", "error_rate", "error_rate_lower_bound", "precision", "recall", "f1", "macro_precision",
+    "macro_recall", "macro_f1", "roc_auc", "brier", "ece", "label_coverage", "label_rate", "complaint_rate",
+    "correction_rate", "implicit_rate", "corrected_share"})
+QUALITY_FAMILIES = frozenset({"prodlens_quality", "prodlens_quality_lower", "prodlens_quality_upper",
+                              "prodlens_quality_estimated", "prodlens_quality_estimated_lower",
+                              "prodlens_quality_estimated_upper"})
+VALUE_RANGES: dict[str, tuple[float, float]] = {
+    "prodlens_invariant_violation_ratio": (0.0, 1.0),
+    "prodlens_label_coverage_ratio": (0.0, 1.0),
+    "prodlens_quality_estimate_trusted": (0.0, 1.0),
+    "prodlens_drift_verdict": (0.0, 2.0),
+}
+NON_NEGATIVE_SUFFIXES = ("_total", "_n", "_seconds", "_bytes", "_ms", "_count", "_ratio")
+
+
+def value_range(metric: str, matchers: Iterable["Matcher"] = ()) -> tuple[float, float] | None:
+    """The values ``metric`` can take (low, high), or None when unknown.
+
+    >>> value_range("prodlens_quality", [Matcher("metric", "=", "accuracy")])
+    (0.0, 1.0)
+    >>> value_range("prodlens_invariant_violations_total")
+    (0.0, inf)
+    >>> value_range("prodlens_quality", [Matcher("metric", "=", "mean_error")]) is None
+    True
+    """
+    if metric in VALUE_RANGES:
+        return VALUE_RANGES[metric]
+    if metric in QUALITY_FAMILIES:
+        names = {m.value for m in matchers if m.label == "metric" and m.op == "="}
+        return (0.0, 1.0) if names and names <= UNIT_INTERVAL_QUALITY else None
+    if metric.startswith("prodlens_") and metric.endswith(NON_NEGATIVE_SUFFIXES):
+        return (0.0, math.inf)
+    return None
+
+
+def _check_possible(metric: str, matchers: tuple["Matcher", ...], condition: str, threshold: float | None,
+                    band: tuple[float, float] | None, function: str | None, at: str) -> None:
+    """Reject a threshold the metric can never cross (the rule could never fire)."""
+    rng = value_range(metric, matchers)
+    if rng is None:
+        return
+    low, high = rng
+    if function is not None:  # increase / rate of a non-negative counter: >= 0, unbounded above
+        if low < 0:
+            return
+        low, high = 0.0, math.inf
+    span = f"[{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
+    what = f"{metric}" + (f" ({function})" if function else "")
+    if condition == "above" and threshold >= high:
+        raise AlertConfigError(f"{at}.threshold: {what} is {span}, so 'above {threshold:g}' can never fire")
+    if condition == "below" and threshold <= low:
+        raise AlertConfigError(f"{at}.threshold: {what} is {span}, so 'below {threshold:g}' can never fire")
+    if condition == "outside" and band[0] <= low and band[1] >= high:
+        raise AlertConfigError(f"{at}.band: {what} is {span}, so outside [{band[0]:g}, {band[1]:g}] can "
+                               "never fire")
 
 
 class AlertConfigError(ValueError):
@@ -645,6 +710,8 @@ def parse_rule(item: Any, index: int = 0, catalogue: Any = None, *, window: floa
         except ValueError as exc:
             raise AlertConfigError(f"{at}.{key}: {exc}") from None
         texts[key] = text
+    if cat is not None and change is None and condition != "no_data":
+        _check_possible(metric, matchers, condition, threshold, band, function, at)
     rule = AlertRule(
         name=name, metric=metric, matchers=matchers, condition=condition, threshold=threshold,
         resolve_threshold=resolve, band=band, resolve_band=resolve_band, function=function, range=rng,

@@ -489,7 +489,12 @@ class JoinProcessor:
         self.counters: dict[str, Any] = {
             "messages": 0, "bad_records": 0, "records": dict.fromkeys(RECORD_KINDS, 0),
             "predictions": 0, "duplicate_predictions": 0, "late_for_quality": 0, "invalid_feedback": 0,
-            "feedback": 0, "joined": {}, "quality_windows_dropped": 0, "partials_emitted": 0}
+            "feedback": 0, "joined": {}, "quality_windows_dropped": 0, "partials_emitted": 0,
+            "replayed_records": 0}
+        # "source|kind" -> highest seq applied. Ingest emits at most one record per (input message,
+        # kind, joins partition) with seq = the input offset, so a record at or below the mark is
+        # a re-emission by an ingest worker that restarted from an older snapshot.
+        self.upstream: dict[str, int] = {}
         self._dirty_quality: set[tuple] = set()
         self._dirty_shadow: set[ShadowKey] = set()
         self._dirty_experiments: set[str] = set()
@@ -522,6 +527,8 @@ class JoinProcessor:
             kind = record.get("kind")
             if kind not in RECORD_KINDS:
                 raise ValueError(f"kind: expected one of {RECORD_KINDS}, got {kind!r}")
+            if self._replayed(record, kind):
+                return out
             columns = record.get("columns")
             if not isinstance(columns, dict) or not isinstance(columns.get("timestamp"), list):
                 raise ValueError("columns: must be an object with a timestamp list")
@@ -533,6 +540,22 @@ class JoinProcessor:
             self.counters["bad_records"] += 1
             self._deadletter(out, raw, offset, exc, now)
         return out
+
+    def _replayed(self, record: dict, kind: str) -> bool:
+        """True for a record its ingest source already delivered (same source, kind, seq or lower):
+        after an ingest restart the messages past its snapshot are routed again, at new joins
+        offsets, and must not count twice (feedback joined, labels, outcomes). Records without an
+        integer seq and string source are always applied."""
+        source, seq = record.get("source"), record.get("seq")
+        if not isinstance(source, str) or isinstance(seq, bool) or not isinstance(seq, int):
+            return False
+        mark = f"{source}|{kind}"
+        last = self.upstream.get(mark)
+        if last is not None and seq <= last:
+            self.counters["replayed_records"] += 1
+            return True
+        self.upstream[mark] = seq
+        return False
 
     def _deadletter(self, out: Outputs, raw: bytes, offset: int, exc: Exception, now: float | None) -> None:
         record = {"reason": "schema_violation", "error": f"{type(exc).__name__}: {exc}",
@@ -758,6 +781,7 @@ class JoinProcessor:
                                       else None),
             "last_event_at": self.last_event_at,
             "counters": orjson.loads(orjson.dumps(self.counters)),
+            "upstream": dict(self.upstream),
             "join": self.join.to_dict(), "quality": self.quality.to_dict(), "shadow": self.shadow.to_dict(),
             "invariants": None if self.invariants is None else self.invariants.to_dict(),
             "outcomes": self.outcomes.to_dict(),
@@ -776,6 +800,8 @@ class JoinProcessor:
         self.quality_dropped_until = -math.inf if q is None else float(q)
         self.last_event_at = state["last_event_at"]
         self.counters = state["counters"]
+        self.counters.setdefault("replayed_records", 0)
+        self.upstream = {k: int(v) for k, v in state.get("upstream", {}).items()}
         self.join = FeedbackJoin.from_dict(state["join"])
         self.quality.restore_windows(state["quality"])
         self.shadow = ShadowPairs.from_dict(state["shadow"], self.specs)

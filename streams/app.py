@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import faust
 import orjson
+import river.drift  # noqa: F401  imported here, once: its first use in a timer tick would stall it ~1 s
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest

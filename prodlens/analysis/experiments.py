@@ -268,6 +268,11 @@ class LadderRun:
         return self.ladder.status in (ROLLED_BACK, PROMOTED)
 
     @property
+    def seen(self) -> bool:
+        """Has this ladder's model reached this analyser (this summaries partition) at all?"""
+        return self.ladder.last_decision is not None or self.clock is not None
+
+    @property
     def clock(self) -> float | None:
         marks = [a.watermark for a in (self.quality, self.latency, self.invariants) if a.watermark is not None]
         return max(marks) if marks else None
@@ -516,6 +521,11 @@ class ExperimentAnalyser:
         for result in self.ab_results.values():
             out.extend(experiment_samples(result))
         for run in self.ladders.values():
+            # Every summaries partition builds every configured ladder, but only the one that owns
+            # the model's key gets its records: the others must not export a placeholder series
+            # with the same labels (it would shadow or contradict the owner's in Prometheus).
+            if not run.seen:
+                continue
             decision = run.ladder.last_decision or run.placeholder()
             out.extend(s._replace(labels={"model": run.spec.model, **s.labels}) for s in canary_samples(decision))
         labels = {}

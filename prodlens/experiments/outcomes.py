@@ -22,6 +22,12 @@ and counted (``evicted``); its later outcomes are then unmatched. A unit exposed
 again after its entry expired or was evicted starts a new attribution window and
 is counted again — give ``max_units`` room for every unit exposed within a horizon.
 
+Arrival order: exposures and outcomes come from different topics, so an outcome may reach the
+joiner before its unit's exposure even though it happened later. Such an outcome waits (at most
+``max_early`` of them, for ``early_horizon_s`` of event time behind the watermark given to
+:meth:`OutcomeJoiner.expire`) and is applied when the exposure arrives; outcomes still waiting
+then are counted as ``unmatched_outcomes``, as are those evicted by the ``max_early`` cap.
+
 Partition the exposure and outcome streams by ``unit_id`` so one worker sees both
 sides of a unit; per-partition :class:`~.stats.ExperimentStats` then merge exactly.
 
@@ -50,7 +56,8 @@ AGGREGATIONS = (SUM, ANY, COUNT)
 
 COUNTERS = ("exposures", "duplicate_exposures", "conflicting_exposures", "unknown_experiment",
             "unknown_variant", "outcomes", "outcome_updates", "unmatched_outcomes", "unknown_metric",
-            "before_exposure", "after_horizon", "expired", "evicted", "merge_duplicates")
+            "before_exposure", "after_horizon", "expired", "evicted", "merge_duplicates", "early_outcomes",
+            "early_matched")
 
 
 @dataclass(frozen=True)
@@ -102,7 +109,8 @@ class OutcomeJoiner:
     per-experiment :class:`ExperimentStats` (``self.stats``). Counters in ``self.counters``."""
 
     def __init__(self, experiments: Iterable[ExperimentOutcomes], horizon_s: float = 7 * 86400.0,
-                 max_units: int = 200_000, skew_s: float = 0.0):
+                 max_units: int = 200_000, skew_s: float = 0.0, max_early: int = 100_000,
+                 early_horizon_s: float = 600.0):
         if not horizon_s > 0:
             raise ValueError(f"horizon_s must be > 0, got {horizon_s!r}")
         if max_units < 1:
@@ -117,6 +125,14 @@ class OutcomeJoiner:
         self.horizon_s = float(horizon_s)
         self.max_units = int(max_units)
         self.skew_s = float(skew_s)
+        if max_early < 0 or not early_horizon_s >= 0:
+            raise ValueError(f"max_early and early_horizon_s must be >= 0, got {max_early!r}, {early_horizon_s!r}")
+        self.max_early = int(max_early)
+        self.early_horizon_s = float(early_horizon_s)
+        # outcomes of units not exposed yet, in arrival order: seq -> [unit, metric, value, timestamp, experiment]
+        self._early: OrderedDict[int, list] = OrderedDict()
+        self._early_units: dict[str, list[int]] = {}   # unit -> seqs of its waiting outcomes
+        self._early_seq = 0
         self._metrics = {name: {m.name: m for m in e.metrics} for name, e in self.config.items()}
         self._known_metrics = {m for d in self._metrics.values() for m in d}
         self.stats: dict[str, ExperimentStats] = {name: ExperimentStats() for name in self.config}
@@ -151,6 +167,46 @@ class OutcomeJoiner:
         while len(self._units) > self.max_units:
             self._units.popitem(last=False)
             self.counters["evicted"] += 1
+        if self._early_units.get(unit_id):
+            self._apply_early(experiment, unit_id)
+        return True
+
+    def _apply_early(self, experiment: str, unit_id: str) -> None:
+        """Apply the waiting outcomes of a unit just exposed to ``experiment``. An outcome that
+        names no experiment stays waiting (another experiment may expose the unit later) unless
+        no other experiment tracks its metric."""
+        for seq in list(self._early_units[unit_id]):
+            _, metric, value, t, e = self._early[seq]
+            if e not in (None, experiment) or metric not in self._metrics[experiment]:
+                continue
+            self._fold(experiment, unit_id, metric, value, t)
+            self.counters["early_matched"] += 1
+            others = e is None and any(metric in m and (n, unit_id) not in self._units
+                                       for n, m in self._metrics.items() if n != experiment)
+            if not others:
+                self._drop_early(seq, matched=True)
+
+    def _fold(self, name: str, unit_id: str, metric: str, value: float, timestamp: float) -> bool:
+        """One outcome into one exposed unit's aggregate; False when outside its attribution window."""
+        spec = self._metrics[name][metric]
+        variant, t0, values = self._units[(name, unit_id)]
+        if timestamp < t0 - self.skew_s:
+            self.counters["before_exposure"] += 1
+            return False
+        if timestamp > t0 + self.horizon_s:
+            self.counters["after_horizon"] += 1
+            return False
+        old = values.get(metric, 0.0)
+        if spec.aggregation == SUM:
+            new = old + value
+        elif spec.aggregation == COUNT:
+            new = old + 1.0
+        else:
+            new = 1.0 if (old >= 1.0 or value > 0) else 0.0
+        if new != old:
+            self.stats[name].moments(metric, variant).adjust(old, new)
+            values[metric] = new
+        self.counters["outcome_updates"] += 1
         return True
 
     def expose_many(self, experiments: Sequence[str], variants: Sequence[str], unit_ids: Sequence[str],
@@ -175,35 +231,34 @@ class OutcomeJoiner:
         updated = 0
         matched = False
         for name in names:
-            spec = self._metrics.get(name, {}).get(metric)
-            if spec is None:
-                continue
-            entry = self._units.get((name, unit_id))
-            if entry is None:
+            if metric not in self._metrics.get(name, {}) or (name, unit_id) not in self._units:
                 continue
             matched = True
-            variant, t0, values = entry
-            if timestamp < t0 - self.skew_s:
-                self.counters["before_exposure"] += 1
-                continue
-            if timestamp > t0 + self.horizon_s:
-                self.counters["after_horizon"] += 1
-                continue
-            old = values.get(metric, 0.0)
-            if spec.aggregation == SUM:
-                new = old + value
-            elif spec.aggregation == COUNT:
-                new = old + 1.0
+            updated += self._fold(name, unit_id, metric, value, float(timestamp))
+        if not matched:
+            if self.max_early and any(metric in self._metrics.get(n, {}) for n in names):
+                self._wait(unit_id, metric, value, float(timestamp), experiment)
+                self.counters["early_outcomes"] += 1
             else:
-                new = 1.0 if (old >= 1.0 or value > 0) else 0.0
-            if new != old:
-                self.stats[name].moments(metric, variant).adjust(old, new)
-                values[metric] = new
-            updated += 1
+                self.counters["unmatched_outcomes"] += 1
+        return updated
+
+    def _wait(self, unit_id: str, metric: str, value: float, timestamp: float, experiment: str | None) -> None:
+        seq = self._early_seq
+        self._early_seq += 1
+        self._early[seq] = [unit_id, metric, value, timestamp, experiment]
+        self._early_units.setdefault(unit_id, []).append(seq)
+        while len(self._early) > self.max_early:   # the oldest waiting outcome goes first
+            self._drop_early(next(iter(self._early)))
+
+    def _drop_early(self, seq: int, matched: bool = False) -> None:
+        u = self._early.pop(seq)[0]
+        seqs = self._early_units[u]
+        seqs.remove(seq)
+        if not seqs:
+            del self._early_units[u]
         if not matched:
             self.counters["unmatched_outcomes"] += 1
-        self.counters["outcome_updates"] += updated
-        return updated
 
     def outcome_many(self, unit_ids: Sequence[str], metrics: Sequence[str], values: Sequence[float],
                      timestamps: Sequence[float], experiments: Sequence[str | None] | None = None) -> int:
@@ -227,6 +282,11 @@ class OutcomeJoiner:
             del self._units[key]
             dropped += 1
         self.counters["expired"] += dropped
+        # an outcome whose exposure has not come while the watermark moved early_horizon_s past it
+        # never will (exposures precede outcomes in event time)
+        early_limit = now - self.early_horizon_s
+        for seq in [seq for seq, item in self._early.items() if item[3] < early_limit]:
+            self._drop_early(seq)
         return dropped
 
     def variant_of(self, experiment: str, unit_id: str) -> str | None:
@@ -247,7 +307,9 @@ class OutcomeJoiner:
             else:
                 self._units[key] = [entry[0], entry[1], dict(entry[2])]
         for k, v in other.counters.items():
-            self.counters[k] += v
+            self.counters[k] = self.counters.get(k, 0) + v
+        for item in other._early.values():
+            self._wait(*item)
         while len(self._units) > self.max_units:
             self._units.popitem(last=False)
             self.counters["evicted"] += 1
@@ -258,16 +320,19 @@ class OutcomeJoiner:
                 "max_units": self.max_units, "skew_s": self.skew_s,
                 "stats": {k: s.to_dict() for k, s in self.stats.items()},
                 "units": [[e, u, v[0], v[1], v[2]] for (e, u), v in self._units.items()],
-                "counters": dict(self.counters)}
+                "counters": dict(self.counters), "max_early": self.max_early,
+                "early_horizon_s": self.early_horizon_s, "early": [list(x) for x in self._early.values()]}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "OutcomeJoiner":
         j = cls([ExperimentOutcomes.from_dict(e) for e in d["experiments"]], d["horizon_s"], d["max_units"],
-                d.get("skew_s", 0.0))
+                d.get("skew_s", 0.0), d.get("max_early", 100_000), d.get("early_horizon_s", 600.0))
         j.stats = {k: ExperimentStats.from_dict(s) for k, s in d["stats"].items()}
         for e, u, variant, t0, values in d["units"]:
             j._units[(e, u)] = [variant, t0, dict(values)]
         j.counters.update(d["counters"])
+        for item in d.get("early", []):
+            j._wait(*item)
         return j
 
 

@@ -153,3 +153,40 @@ def test_catalogue_from_a_registry_validates_rules_on_everything_exported():
     with pytest.raises(AlertConfigError, match="has no label 'klass'"):
         parse_alerts([{"name": "ClassShare", "metric": "prodlens_window_class_ratio", "match": {"klass": "yes"},
                        "condition": "above", "threshold": 0.5}], catalogue=cat)
+
+
+@pytest.mark.parametrize("changes, needle", [
+    ({"match": {"metric": "accuracy"}, "condition": "above", "threshold": 1.5},
+     "('AccuracyLow').threshold: prodlens_quality is [0, 1], so 'above 1.5' can never fire"),
+    ({"match": {"metric": "accuracy"}, "condition": "above", "threshold": 1},
+     "so 'above 1' can never fire"),
+    ({"match": {"metric": "error_rate"}, "threshold": 0}, "so 'below 0' can never fire"),
+    ({"metric": "prodlens_invariant_violations_total", "threshold": 0},
+     "prodlens_invariant_violations_total is >= 0, so 'below 0' can never fire"),
+    ({"metric": "prodlens_invariant_violations_total", "function": {"increase": "5m"}, "threshold": -1},
+     "prodlens_invariant_violations_total (increase) is >= 0"),
+    ({"metric": "prodlens_invariant_violation_ratio", "condition": "above", "threshold": 1.0}, "can never fire"),
+    ({"metric": "prodlens_drift_verdict", "condition": "outside", "threshold": None, "band": [0, 2]},
+     "('AccuracyLow').band: prodlens_drift_verdict is [0, 2], so outside [0, 2] can never fire"),
+])
+def test_thresholds_the_metric_can_never_cross_fail_at_start(changes, needle):
+    assert needle in bad(**changes)
+
+
+@pytest.mark.parametrize("changes", [
+    {"match": {"metric": "accuracy"}, "condition": "above", "threshold": 0.99},   # possible, if odd
+    {"match": {"metric": "mean_error"}, "threshold": -5},                          # unbounded metric
+    {"match": {"metric": "accuracy"}, "threshold": 0.0001},
+    {"threshold": -1},                                     # which quality metric is not known: not checked
+    {"metric": "prodlens_invariant_violations_total", "condition": "above", "threshold": 0},
+    {"match": {"metric": "accuracy"}, "change": {"vs": "previous", "mode": "relative"}, "threshold": -0.2},
+    {"metric": "prodlens_drift_verdict", "condition": "outside", "threshold": None, "band": [0, 1.5]},
+])
+def test_possible_thresholds_are_accepted(changes):
+    rule = {**BASE, **changes}
+    parse_alerts({"rules": [{k: v for k, v in rule.items() if v is not None}]})
+
+
+def test_impossible_thresholds_are_only_checked_against_the_catalogue():
+    rule = {**BASE, "match": {"metric": "accuracy"}, "condition": "above", "threshold": 2}
+    assert parse_alerts([rule], catalogue=None).rules[0].threshold == 2

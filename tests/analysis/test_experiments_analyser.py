@@ -380,3 +380,17 @@ def test_canary_traffic_follows_decisions_in_order():
     assert CanaryTraffic.from_dict(t.to_dict()).to_dict() == t.to_dict()
     with pytest.raises(ValueError, match="traffic"):
         t.apply({"type": "canary_decision", "ladder": "churn_v2", "traffic": 2.0, "timestamp": 30.0})
+
+
+def test_ladder_gauges_only_from_the_partition_that_sees_the_model():
+    """Every summaries partition builds every ladder; only the one owning the model's key (it gets
+    the records) exports canary gauges, so two partitions never export the same series."""
+    cfg = make_config(canary={})
+    idle, owner = ExperimentAnalyser(cfg), ExperimentAnalyser(cfg)
+    assert not [s for s in idle.samples() if s.name.startswith("prodlens_canary_")]
+    owner.update(b"churn", {"type": "quality_partial", "source": "prodlens.joins:0", "seq": 1, "model": "churn",
+                            "version": "v1", "segment": "country=US", "window_start": T0, "window_end": T0 + 60,
+                            "state": quality_state(10, 1)}, T0 + 70)
+    status = {s.labels["status"]: s.value for s in owner.samples() if s.name == "prodlens_canary_status"}
+    assert status["pending"] == 1.0   # the placeholder: explicitly no decision yet
+    assert not [s for s in idle.samples() if s.name.startswith("prodlens_canary_")]

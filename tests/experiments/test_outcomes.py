@@ -65,7 +65,9 @@ def test_join_equals_per_unit_truth():
         assert got.sum == pytest.approx(m.sum, rel=1e-9)
         assert got.sum_sq == pytest.approx(m.sum_sq, rel=1e-9)
     assert sum(stats.exposures.values()) == 3000
-    assert j.counters["unmatched_outcomes"] == 200
+    assert j.counters["early_outcomes"] == 200          # strangers wait for an exposure ...
+    j.expire(now=100.0 + j.early_horizon_s + 1)
+    assert j.counters["unmatched_outcomes"] == 200      # ... that never comes
     assert j.counters["before_exposure"] > 0 and j.counters["after_horizon"] > 0
     assert OutcomeMetric("conversion", "any").kind == "proportion"
     assert 0 <= stats.moments("conversion", "a").mean <= 1
@@ -115,12 +117,14 @@ def test_expiry_and_eviction_are_counted():
     for i in range(80):
         j.expose("exp", "a", f"u{i}", float(i))
     assert len(j) == 50 and j.counters["evicted"] == 30
-    assert j.outcome("u0", "revenue", 1.0, 10.0) == 0  # evicted: unmatched
-    assert j.counters["unmatched_outcomes"] == 1
+    assert j.outcome("u0", "revenue", 1.0, 10.0) == 0  # evicted: waits as if not exposed yet
+    assert j.counters["unmatched_outcomes"] == 0 and j.counters["early_outcomes"] == 1
     assert j.expire(now=140.0) == 10  # exposures at t < 40 expired (u30..u39)
-    assert len(j) == 40 and j.counters["expired"] == 10
+    assert j.expire(now=10.0 + j.early_horizon_s + 1) == 40
+    assert j.counters["unmatched_outcomes"] == 1
+    assert len(j) == 0 and j.counters["expired"] == 50
     assert j.stats["exp"].exposures["a"] == 80  # contributions stay
-    assert j.outcome("u79", "revenue", 2.0, 150.0) == 1
+    assert j.outcome("u79", "revenue", 2.0, 150.0) == 0
 
 
 def test_round_trip_and_merge_of_partitions():
@@ -165,3 +169,44 @@ def test_config_errors():
         j = OutcomeJoiner(CFG)
         j.expose("exp", "a", "u", 0.0)
         j.outcome("u", "revenue", float("nan"), 1.0)
+
+
+def test_outcomes_before_their_exposure_wait_and_match_exactly():
+    """Exposures and outcomes come from different topics: any arrival order gives the statistics
+    of the in-order join (outcomes arriving first wait for their unit's exposure)."""
+    exposures, outcomes, horizon = _simulate(seed=7, units=800)
+    in_order = OutcomeJoiner(CFG, horizon_s=horizon)
+    in_order.expose_many(*zip(*exposures))
+    in_order.outcome_many(*zip(*outcomes))
+    rng = np.random.default_rng(1)
+    events = [("x", e) for e in exposures] + [("o", o) for o in outcomes]
+    shuffled = OutcomeJoiner(CFG, horizon_s=horizon)
+    for k in rng.permutation(len(events)):
+        kind, e = events[k]
+        if kind == "x":
+            shuffled.expose(*e)
+        else:
+            shuffled.outcome(*e)
+        if k % 97 == 0:  # snapshots mid-stream restore exactly, waiting outcomes included
+            shuffled = OutcomeJoiner.from_dict(json.loads(json.dumps(shuffled.to_dict())))
+    for metric in ("conversion", "revenue", "orders"):
+        for v in "ab":
+            a, b = in_order.stats["exp"].moments(metric, v), shuffled.stats["exp"].moments(metric, v)
+            assert (a.n, a.sum) == pytest.approx((b.n, b.sum), rel=1e-9)
+    assert shuffled.counters["early_matched"] > 0
+    waiting = len(shuffled._early)
+    assert waiting == 200          # only the strangers' outcomes still wait
+    shuffled.expire(now=100.0 + shuffled.early_horizon_s + 1)
+    assert len(shuffled._early) == 0 and shuffled.counters["unmatched_outcomes"] == 200
+
+
+def test_waiting_outcomes_are_bounded():
+    j = OutcomeJoiner(CFG, max_early=10)
+    for i in range(25):
+        j.outcome(f"u{i}", "revenue", 1.0, float(i))
+    assert len(j._early) == 10 and j.counters["unmatched_outcomes"] == 15   # the oldest go first
+    assert j.expose("exp", "a", "u24", 20.0) and j.stats["exp"].moments("revenue", "a").sum == 1.0
+    assert j.expose("exp", "a", "u0", 0.0) and j.stats["exp"].moments("revenue", "a").sum == 1.0
+    off = OutcomeJoiner(CFG, max_early=0)
+    off.outcome("u", "revenue", 1.0, 0.0)
+    assert off.counters["unmatched_outcomes"] == 1 and not off._early

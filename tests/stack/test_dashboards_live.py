@@ -12,11 +12,14 @@ that never returns a finite value, fails the test.
 from __future__ import annotations
 
 import asyncio
+import csv
 import importlib.util
 import json
 import math
 import re
 import shutil
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -26,13 +29,15 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import pytest
 import yaml
 
-from harness import PrometheusServer, Worker, load, make_config, metric, wait_for
-from prodlens.simulate import Scenario, Tally
+from harness import PrometheusServer, Worker, load, make_config, metric, read_topic_sync, wait_for
+from prodlens.simulate import (BoolAsString, CanarySpec, ExperimentSpec, FeedbackSpec, Flicker, Scenario,
+                               ShadowSpec, SimulatedApp, Tally)
 from prodlens.streams.kafka import ensure_topics
-from prodlens.streams.producer import simulate_burst
+from prodlens.streams.producer import send_messages
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARDS = sorted((REPO / "grafana" / "dashboards").glob("*.json"))
@@ -48,36 +53,7 @@ MAX_DATA_POINTS = 1000     # what a Grafana panel asks for, roughly its width in
 # test_not_yet_produced_is_true (take it off the list), so the list only shrinks and no data check
 # is dropped unnoticed. A query variable whose source metric is listed and has no values is set to
 # NOT_YET_PRODUCED_VALUE so the panels depending on it still run.
-NOT_YET_PRODUCED: frozenset[str] = frozenset({
-    # quality (prodlens/analysis/quality.py)
-    "prodlens_quality", "prodlens_quality_n", "prodlens_quality_lower", "prodlens_quality_upper",
-    "prodlens_quality_estimated", "prodlens_quality_estimated_lower", "prodlens_quality_estimated_upper",
-    "prodlens_quality_estimate_trusted", "prodlens_label_coverage_ratio", "prodlens_label_delay_seconds",
-    "prodlens_quality_window_end_timestamp_seconds",
-    # drift (prodlens/analysis/drift.py)
-    "prodlens_drift", "prodlens_drift_verdict", "prodlens_drift_flagged", "prodlens_drift_events_total",
-    "prodlens_change_points_total", "prodlens_drift_window_end_timestamp_seconds",
-    # invariants (prodlens/analysis/invariants.py)
-    "prodlens_invariant_violations_total", "prodlens_invariant_checked_total",
-    "prodlens_invariant_violation_ratio",
-    # alerts (prodlens/analysis/alerting.py)
-    "prodlens_alerts_firing", "prodlens_alert_transitions_total",
-    # experiments (prodlens/experiments/report.py samples, via prodlens/analysis/experiments.py)
-    "prodlens_experiment_exposures", "prodlens_experiment_srm_p_value", "prodlens_experiment_srm_alarm",
-    "prodlens_experiment_decision", "prodlens_experiment_units", "prodlens_experiment_mean",
-    "prodlens_experiment_mean_ci_low", "prodlens_experiment_mean_ci_high", "prodlens_experiment_lift_absolute",
-    "prodlens_experiment_lift_relative", "prodlens_experiment_lift_relative_ci_low",
-    "prodlens_experiment_lift_relative_ci_high", "prodlens_experiment_p_value",
-    "prodlens_experiment_p_value_adjusted", "prodlens_experiment_chance_to_beat", "prodlens_experiment_significant",
-    "prodlens_canary_traffic", "prodlens_canary_step", "prodlens_canary_decision_timestamp_seconds",
-    "prodlens_canary_decision", "prodlens_canary_status", "prodlens_canary_harm", "prodlens_canary_harm_ci_low",
-    "prodlens_canary_harm_ci_high", "prodlens_canary_tolerance", "prodlens_canary_latency_ratio",
-    "prodlens_shadow_pairs", "prodlens_shadow_labelled", "prodlens_shadow_latency_ms",
-    "prodlens_shadow_disagreement_rate", "prodlens_shadow_disagreement_rate_ci_low",
-    "prodlens_shadow_disagreement_rate_ci_high", "prodlens_shadow_accuracy", "prodlens_shadow_diff_mean",
-    "prodlens_shadow_diff_mean_ci_low", "prodlens_shadow_diff_mean_ci_high", "prodlens_shadow_abs_diff",
-    "prodlens_shadow_mae",
-})
+NOT_YET_PRODUCED: frozenset[str] = frozenset()
 NOT_YET_PRODUCED_VALUE = "not-yet-produced"
 
 
@@ -114,52 +90,165 @@ class Live:
         return self.get("/api/v1/query_range", query=expr, start=self.start, end=self.end, step=step)
 
 
-def merge(tallies: list) -> Tally:
-    out = Tally()
-    for t in tallies:
-        for key, n in t.predictions.items():
-            out.predictions[key] = out.predictions.get(key, 0) + n
-        for field in ("malformed", "duplicates", "messages"):
-            for key, n in getattr(t, field).items():
-                getattr(out, field)[key] = getattr(out, field).get(key, 0) + n
-    return out
+# -- the simulated world ---------------------------------------------------------------------------
+# Every stage gets work: feedback of every kind, a degraded (version, segment), a drifting feature
+# measured against a frozen reference range, a canary ladder the app follows, two shadows (a
+# classifier and a regressor), an A/B test with outcomes, injected invariant violations, and alert
+# rules of the pipeline's own engine evaluated every second. Event time runs 10x faster than wall
+# time: PHASES windows of WINDOW seconds at RATE organic predictions per second.
+WINDOW = 10.0
+RATE = 100.0
+PHASES = (40.0, 40.0)          # seconds of event time per phase; the app follows the canary in between
+DRIFT_AFTER = 40.0             # eta's distance_km shifts from here on (after 3 warm-up windows)
+DEGRADED = {"device": "ios"}   # churn v1 (and its shadow v3) fail here
+
+
+def scenario(t0: float) -> Scenario:
+    every_kind = FeedbackSpec(kinds=("label", "correction", "complaint", "rating", "implicit"),
+                              label_share=0.8, delay_median=20.0, delay_sigma=1.0, max_delay=600.0,
+                              signal_delay_median=5.0, rating_share=0.2)
+    return Scenario(
+        batch=20, malformed_share=0.05, duplicate_share=0.02,
+        feedback={"churn": every_kind,
+                  "intent": FeedbackSpec(kinds=("label", "complaint", "rating"), label_share=0.6,
+                                         delay_median=20.0, delay_sigma=1.0, max_delay=600.0),
+                  "eta": FeedbackSpec(kinds=("label", "correction", "complaint"), label_share=0.6,
+                                      delay_median=20.0, delay_sigma=1.0, max_delay=600.0)},
+        degrade={"model": "churn", "version": "v1", "segment": DEGRADED, "accuracy": 0.2, "after": t0},
+        drift={"model": "eta", "feature": "distance_km", "shift": 8.0, "after": t0 + DRIFT_AFTER},
+        canaries={"churn": CanarySpec(baseline="v1", canary="v2", share=0.1)},
+        shadows=[ShadowSpec("churn", primary="v1", shadow="v3", disagreement=0.1),
+                 ShadowSpec("eta", primary="v1", shadow="v3", disagreement=0.1, tolerance=1.0)],
+        experiments=[ExperimentSpec("checkout", "intent", lift={"treatment": 0.3}, revenue_lift={"treatment": 0.1},
+                                    conversion_rate=0.2, outcome_delay_median=10.0, outcome_max_delay=60.0)],
+        violations=[BoolAsString("churn", "autopay", share=0.02, version="v1"),
+                    Flicker("churn", "v1", every=5.0, flips=3, within=5.0)])
+
+
+def sections(t0: float) -> dict:
+    """The config sections the scenario needs, small and fast (event-time windows of 10 s)."""
+    models = yaml.safe_load((REPO / "prodlens" / "prodlens.example.yaml").read_text())["models"]
+    # churn segmented by device only: 3 segments x 3 versions, not 24 x 3. Every quality window
+    # of a (version, segment) is ~160 series, and the analysis stage re-evaluates each one as its
+    # labels arrive, so country x device made the worker's ticks outrun the 1 s timer here.
+    models["churn"]["segments"] = {"device": models["churn"]["segments"]["device"]}
+    return dict(
+        models=models,
+        quality={"window": "10s", "horizon": "1h", "grace": "1m", "views": ["1m", "1h"], "settle": "1s",
+                 "min_n": 10},
+        drift={"settle": "1s", "min_samples": 50, "detectors": {"warmup": 3},
+               "models": {"churn": {"reference": {"version": "v1"}}}},   # eta: a training reference file
+        experiments={
+            "canaries": {"churn_v2": {
+                "model": "churn", "baseline": "v1", "canary": "v2", "steps": [0.1, 0.3, 0.6, 1.0],
+                "min_duration": "10s", "metrics": [{"name": "error_rate", "tolerance": 0.5}],
+                "latency": {"quantile": 0.95, "tolerance": 1.5, "min_samples": 50}, "evaluate_every": "1s"}},
+            "ab": {"checkout": {
+                "model": "intent", "variants": {"control": 0.5, "treatment": 0.5}, "evaluate_every": "1s",
+                "metrics": [{"name": "conversion", "aggregation": "any"}, {"name": "revenue", "aggregation": "sum"}]}},
+            "shadows": {"churn_v3": {"model": "churn", "primary": "v1", "shadow": "v3", "evaluate_every": "1s"},
+                        "eta_v3": {"model": "eta", "primary": "v1", "shadow": "v3", "evaluate_every": "1s"}}},
+        alerts={"evaluation_interval": "1s", "sinks": [{"kind": "log"}], "rules": [
+            {"name": "AccuracyLow", "metric": "prodlens_quality", "match": {"metric": "accuracy", "view": "window"},
+             "condition": "below", "threshold": 0.5, "resolve_threshold": 0.55, "min_samples": 10,
+             "severity": "critical", "summary": "Accuracy of {model} {version} dropped in {segment}"},
+            {"name": "InvariantViolated", "metric": "prodlens_invariant_violations_total",
+             "function": {"increase": "10m"}, "condition": "above", "threshold": 0, "severity": "warning"},
+            {"name": "FeatureDrift", "metric": "prodlens_drift_verdict", "condition": "above", "threshold": 1.5,
+             "resolve_threshold": 0.5, "for_evaluations": 2, "severity": "warning"}]})
+
+
+def training_reference(tmp: Path, config_path: Path, t0: float) -> None:
+    """eta's drift baseline the way a user makes one: training data (stationary simulated eta
+    predictions, as CSV) summarised by `prodlens reference build`, then named in the config.
+
+    Not a frozen window range (drift.models.eta.reference.window): DriftAnalyser._maybe_freeze
+    merges the in-range windows of EVERY model into the reference and raises, which crashes the
+    worker (reported; prodlens/analysis/drift.py:441)."""
+    config = load(config_path)
+    app = SimulatedApp(config, seed=99, scenario=Scenario.stationary(models=("eta",), batch=1))
+    events = [orjson.loads(m.value) for m in app.messages(3000, start=t0 - 3600, rate=RATE)
+              if m.topic_kind == "prediction"]
+    data = tmp / "eta-training.csv"
+    with data.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow([*config.models["eta"].features, "city", "output.value"])
+        out.writerows([*e["features"].values(), e["segment"]["city"], e["output"]["value"]] for e in events)
+    reference = tmp / "eta.reference.json"
+    subprocess.run([sys.executable, "-m", "prodlens.cli", "reference", "build", str(data), "--model", "eta",
+                    "--config", str(config_path), "--out", str(reference)], check=True, cwd=REPO,
+                   stdout=subprocess.DEVNULL)
+    spec = yaml.safe_load(config_path.read_text())
+    spec["models"]["eta"]["reference"] = str(reference)
+    config_path.write_text(yaml.safe_dump(spec))
+
+
+def dashboard_metrics() -> set[str]:
+    """Every prodlens metric some dashboard panel queries."""
+    names = set()
+    for path in DASHBOARDS:
+        for panel in json.loads(path.read_text())["panels"]:
+            for target in panel.get("targets", []):
+                names |= set(re.findall(r"\b(prodlens_\w+)", target["expr"]))
+    return names
 
 
 @pytest.fixture(scope="module")
 def live(kafka_bootstrap, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stack")
     prefix = f"t{uuid.uuid4().hex[:10]}"
-    path = make_config(tmp, prefix)
+    # Window-aligned event time a few minutes back, so the frozen reference range is whole windows.
+    t0 = math.floor((time.time() - 300) / WINDOW) * WINDOW
+    path = make_config(tmp, prefix, **sections(t0))
+    training_reference(tmp, path, t0)
     config = load(path)
     asyncio.run(ensure_topics(kafka_bootstrap, config))
     worker = Worker(path, kafka_bootstrap, tmp / "worker.log").start()
     prometheus = PrometheusServer([f"127.0.0.1:{worker.port}"], tmp, rule_files=RULE_FILES).start()
     start = time.time()
     try:
-        # Two bursts, like steady traffic: counters created by the first (a rejection reason's
-        # series appears with its first rejection) increase in the second, so rates see them.
-        # 5% malformed messages: enough dead letters for ProdlensDeadLettersHigh (> 2%) to go pending.
-        scenario = Scenario(batch=20, malformed_share=0.05, duplicate_share=0.02)
-        t0, tallies = time.time() - 60, []
+        app = SimulatedApp(config, seed=7, scenario=scenario(t0))
 
         def value(q):
             result = prometheus.query(q)
             return float(result[0]["value"][1]) if result else None
-        for i in range(2):
-            tallies.append(asyncio.run(simulate_burst(kafka_bootstrap, config, 1500, start=t0 + 30 * i,
-                                                      rate=50, scenario=scenario, seed=7 + i)))
-            sent = sum(sum(t.messages.values()) for t in tallies)
+
+        def send(messages) -> None:
+            asyncio.run(send_messages(kafka_bootstrap, config, messages))
+            sent = sum(app.tally.messages.values())
             wait_for(lambda: metric(worker.metrics(), "prodlens_messages_consumed_total") >= sent,
                      what="the worker to consume every message")
-            expected = sum(sum(t.predictions.values()) for t in tallies)
+            expected = sum(app.tally.predictions.values())
             wait_for(lambda: value("sum(prodlens_predictions_total)") == expected, timeout=30,
                      what="prometheus to scrape the final prediction count")
-        tally = merge(tallies)
+
+        # Two phases, like steady traffic: counters created by the first (a rejection reason's
+        # series appears with its first rejection) increase in the second, so rates see them.
+        # 5% malformed messages: enough dead letters for ProdlensDeadLettersHigh (> 2%) to go pending.
+        at = t0
+        send(list(app.messages(int(PHASES[0] * RATE), start=at, rate=RATE)))
+        at += PHASES[0]
+        # The app follows the canary ladder: the latest decision's traffic share routes phase two.
+        decisions = wait_for(lambda: [orjson.loads(v) for _, _, _, v in
+                                      read_topic_sync(kafka_bootstrap, config.topics.decisions)],
+                             timeout=30, what="a canary decision")
+        app.scenario.canaries["churn"].share = max(decisions, key=lambda d: d["timestamp"])["traffic"]
+        send(list(app.messages(int(PHASES[1] * RATE), start=at, rate=RATE)) + list(app.drain_feedback()))
+        tally = app.tally
         models = {m for (m, _, _) in tally.predictions}
         wait_for(lambda: value("count(count by (model) (prodlens_window_predictions))") == len(models),
                  timeout=30, what="closed windows of every model in prometheus")
         wait_for(lambda: prometheus.query('ALERTS{alertname="ProdlensDeadLettersHigh"}'), timeout=30,
                  what="the dead-letter alert to go pending")
+        # Everything the dashboards query, scraped (the analysis stage settles a second or two
+        # after the last partial), and the alert engine's rules firing.
+        wanted = dashboard_metrics() - NOT_YET_PRODUCED
+        wait_for(lambda: not wanted - {r["metric"]["__name__"] for r in prometheus.query(
+            "count by (__name__) ({__name__=~\"prodlens_.+\"})")}, timeout=60,
+            what=f"every dashboard metric in prometheus")
+        rules = {r["name"] for r in config.alerts["rules"]}
+        wait_for(lambda: {r["metric"]["alertname"] for r in prometheus.query("prodlens_alerts_firing > 0")} >= rules,
+                 timeout=30, what="every prodlens alert rule firing")
         time.sleep(3 * SCRAPE_INTERVAL)  # a few scrapes of the settled state
         yield Live(prometheus, start, time.time(), tally, config)
     finally:

@@ -1,6 +1,7 @@
 """JoinProcessor: prediction ⨝ feedback quality, orphans, shadow pairs, agreement invariants,
 exposures ⨝ outcomes, snapshots with exact replay, metrics."""
 
+import itertools
 import math
 
 import numpy as np
@@ -27,7 +28,15 @@ def config(**extra):
     return load_config(data=data)
 
 
-def pred_record(rows, seq=0):
+_SEQ = itertools.count(1)
+
+
+def _seq(seq):
+    """Real ingest seqs increase per source (the input offset); a fresh one unless given."""
+    return next(_SEQ) if seq is None else seq
+
+
+def pred_record(rows, seq=None):
     """rows: dicts with prediction_id, timestamp, model, version, and optional segment, role, latency_ms,
     label/score/value/probabilities, experiment, variant, unit_id."""
     out_keys = ("label", "score", "probabilities", "value")
@@ -35,19 +44,19 @@ def pred_record(rows, seq=0):
                                                   "experiment", "variant", "unit_id", "latency_ms")}
     cols["segment"] = [r.get("segment", "__all__") for r in rows]
     cols["output"] = {k: [r.get(k) for r in rows] for k in out_keys if any(k in r for r in rows)}
-    return orjson.dumps({"kind": "prediction", "source": "prodlens.predictions:0", "seq": seq, "columns": cols})
+    return orjson.dumps({"kind": "prediction", "source": "prodlens.predictions:0", "seq": _seq(seq), "columns": cols})
 
 
-def fb_record(rows, seq=0):
+def fb_record(rows, seq=None):
     cols = {k: [r.get(k) for r in rows] for k in ("prediction_id", "timestamp", "kind", "value", "size",
                                                   "corrected", "model")}
-    return orjson.dumps({"kind": "feedback", "source": "prodlens.feedback:0", "seq": seq, "columns": cols})
+    return orjson.dumps({"kind": "feedback", "source": "prodlens.feedback:0", "seq": _seq(seq), "columns": cols})
 
 
-def unit_record(kind, rows, seq=0):
+def unit_record(kind, rows, seq=None):
     names = (("unit_id", "timestamp", "experiment", "variant", "model", "version") if kind == "exposure"
              else ("unit_id", "timestamp", "metric", "value", "experiment", "model"))
-    return orjson.dumps({"kind": kind, "source": "x:0", "seq": seq,
+    return orjson.dumps({"kind": kind, "source": "x:0", "seq": _seq(seq),
                          "columns": {k: [r.get(k) for r in rows] for k in names}})
 
 
@@ -221,12 +230,43 @@ def test_duplicates_and_offsets_below_next_offset_do_not_count_twice():
     rec = pred_record([{"prediction_id": "a", "timestamp": 10.0, "model": "churn", "version": "v1", "label": "stay"},
                        {"prediction_id": "a", "timestamp": 10.0, "model": "churn", "version": "v1", "label": "stay"}])
     r.feed(rec)
-    r.feed(rec)  # re-delivered by an at-least-once producer
-    assert r.p.process(rec, 0, 0.0).messages == [] and r.p.next_offset == 2  # already applied
+    r.feed(rec)  # re-emitted by an ingest worker replaying from an older snapshot: same source and seq
+    again = pred_record([{"prediction_id": "a", "timestamp": 10.0, "model": "churn", "version": "v1",
+                          "label": "stay"}])
+    r.feed(again)  # the same prediction sent twice by the app (a new seq): the pending chain catches it
+    assert r.p.process(rec, 0, 0.0).messages == [] and r.p.next_offset == 3  # already applied
     r.tick()
-    assert r.p.counters["duplicate_predictions"] == 3 and r.p.counters["predictions"] == 1
+    assert r.p.counters["replayed_records"] == 1
+    assert r.p.counters["duplicate_predictions"] == 2 and r.p.counters["predictions"] == 1
     state = latest(r.emitted, "quality_partial")[("churn", "v1", "__all__", 0.0)]["state"]
     assert state["feedback"]["predictions"] == 1
+
+
+def test_feedback_re_emitted_by_a_restarted_ingest_counts_once():
+    """Ingest restarted from a snapshot at offset 5 routes its messages 5.. again: the records the
+    join already applied (seq <= the highest seen from that source and kind) are skipped, exactly."""
+    r = Runner(JoinProcessor(config(), TOPIC, 0))
+    r.feed(pred_record([{"prediction_id": f"p{i}", "timestamp": 10.0 + i, "model": "churn", "version": "v1",
+                         "label": "stay", "score": 0.2} for i in range(8)], seq=1))
+    labels = [fb_record([{"prediction_id": f"p{i}", "timestamp": 5000.0 + i, "kind": "label", "value": "churn"}],
+                        seq=4 + i) for i in range(4)]  # input offsets 4..7
+    for raw in labels:
+        r.feed(raw)
+    snapshot = r.p.to_dict()
+    for raw in labels[1:]:          # replay from offset 5: seqs 5, 6, 7 again, at new joins offsets
+        r.feed(raw)
+    r.feed(fb_record([{"prediction_id": "p4", "timestamp": 6000.0, "kind": "label", "value": "stay"}], seq=8))
+    r.tick()
+    assert r.p.counters["replayed_records"] == 3
+    assert r.p.counters["joined"] == {"churn": 5}
+    state = latest(r.emitted, "quality_partial")[("churn", "v1", "__all__", 0.0)]["state"]
+    assert state["feedback"]["predictions"] == 8 and sum(map(sum, state["classification"]["confusion"])) == 5
+    # the marks are part of the snapshot: a restored join skips the same records
+    restored = JoinProcessor(config(), TOPIC, 0)
+    restored.restore(snapshot)
+    assert restored.upstream == {"prodlens.predictions:0|prediction": 1, "prodlens.feedback:0|feedback": 7}
+    restored.process(labels[3], snapshot["next_offset"], now=0.0)
+    assert restored.counters["replayed_records"] == 1 and restored.counters["joined"] == {"churn": 4}
 
 
 def test_bad_record_goes_to_deadletter_with_reason():
