@@ -44,6 +44,9 @@ SCHEMA_FILES = {
     "batch": "batch.v1.json",
     "deadletter": "deadletter.v1.json",
     "summary": "summary.v1.json",
+    "quality_summary": "quality_summary.v1.json",
+    "drift": "drift.v1.json",
+    "sample": "sample.v1.json",
 }
 MILLISECONDS_THRESHOLD = 1e11  # epoch seconds of year 5138: larger numbers are milliseconds
 

@@ -17,6 +17,11 @@ architecture) — so everything that must meet lands on one partition. A
 4. exposures ⨝ outcomes: :class:`~prodlens.experiments.outcomes.OutcomeJoiner`, configured by
    :func:`prodlens.experiments.config.parse_experiments` (``experiments.ab`` and ``attribution``).
 
+Records an ingest worker routes again after restarting from an older snapshot (same
+``source``, ``kind`` and ``seq`` = its input offset, now at new joins offsets) are skipped:
+the highest seq applied per (source, kind) is kept in the snapshot (``upstream``). If an
+input topic is ever recreated (offsets restart at 0) the join state must be reset with it.
+
 ``tick(now)`` advances event time (the watermark is the largest prediction/exposure
 timestamp seen, so a snapshot + replay reproduces every emission exactly), emits the
 cumulative partial state of every key changed since the last emission to the summaries

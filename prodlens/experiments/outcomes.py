@@ -26,7 +26,8 @@ Arrival order: exposures and outcomes come from different topics, so an outcome 
 joiner before its unit's exposure even though it happened later. Such an outcome waits (at most
 ``max_early`` of them, for ``early_horizon_s`` of event time behind the watermark given to
 :meth:`OutcomeJoiner.expire`) and is applied when the exposure arrives; outcomes still waiting
-then are counted as ``unmatched_outcomes``, as are those evicted by the ``max_early`` cap.
+count in ``unmatched_outcomes`` on arrival; ``early_matched`` of them were applied later, ``early_dropped``
+gave up (no exposure within ``early_horizon_s``, or evicted by the ``max_early`` cap).
 
 Partition the exposure and outcome streams by ``unit_id`` so one worker sees both
 sides of a unit; per-partition :class:`~.stats.ExperimentStats` then merge exactly.
@@ -57,7 +58,7 @@ AGGREGATIONS = (SUM, ANY, COUNT)
 COUNTERS = ("exposures", "duplicate_exposures", "conflicting_exposures", "unknown_experiment",
             "unknown_variant", "outcomes", "outcome_updates", "unmatched_outcomes", "unknown_metric",
             "before_exposure", "after_horizon", "expired", "evicted", "merge_duplicates", "early_outcomes",
-            "early_matched")
+            "early_matched", "early_dropped")
 
 
 @dataclass(frozen=True)
@@ -235,12 +236,11 @@ class OutcomeJoiner:
                 continue
             matched = True
             updated += self._fold(name, unit_id, metric, value, float(timestamp))
-        if not matched:
+        if not matched:   # no exposure (yet): counted here; ``early_matched`` of them match later
+            self.counters["unmatched_outcomes"] += 1
             if self.max_early and any(metric in self._metrics.get(n, {}) for n in names):
                 self._wait(unit_id, metric, value, float(timestamp), experiment)
                 self.counters["early_outcomes"] += 1
-            else:
-                self.counters["unmatched_outcomes"] += 1
         return updated
 
     def _wait(self, unit_id: str, metric: str, value: float, timestamp: float, experiment: str | None) -> None:
@@ -258,7 +258,7 @@ class OutcomeJoiner:
         if not seqs:
             del self._early_units[u]
         if not matched:
-            self.counters["unmatched_outcomes"] += 1
+            self.counters["early_dropped"] += 1
 
     def outcome_many(self, unit_ids: Sequence[str], metrics: Sequence[str], values: Sequence[float],
                      timestamps: Sequence[float], experiments: Sequence[str | None] | None = None) -> int:

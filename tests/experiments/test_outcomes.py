@@ -65,9 +65,9 @@ def test_join_equals_per_unit_truth():
         assert got.sum == pytest.approx(m.sum, rel=1e-9)
         assert got.sum_sq == pytest.approx(m.sum_sq, rel=1e-9)
     assert sum(stats.exposures.values()) == 3000
-    assert j.counters["early_outcomes"] == 200          # strangers wait for an exposure ...
+    assert j.counters["unmatched_outcomes"] == j.counters["early_outcomes"] == 200  # strangers wait ...
     j.expire(now=100.0 + j.early_horizon_s + 1)
-    assert j.counters["unmatched_outcomes"] == 200      # ... that never comes
+    assert j.counters["early_dropped"] == 200 and not j._early                     # ... in vain
     assert j.counters["before_exposure"] > 0 and j.counters["after_horizon"] > 0
     assert OutcomeMetric("conversion", "any").kind == "proportion"
     assert 0 <= stats.moments("conversion", "a").mean <= 1
@@ -118,10 +118,10 @@ def test_expiry_and_eviction_are_counted():
         j.expose("exp", "a", f"u{i}", float(i))
     assert len(j) == 50 and j.counters["evicted"] == 30
     assert j.outcome("u0", "revenue", 1.0, 10.0) == 0  # evicted: waits as if not exposed yet
-    assert j.counters["unmatched_outcomes"] == 0 and j.counters["early_outcomes"] == 1
+    assert j.counters["unmatched_outcomes"] == j.counters["early_outcomes"] == 1
     assert j.expire(now=140.0) == 10  # exposures at t < 40 expired (u30..u39)
     assert j.expire(now=10.0 + j.early_horizon_s + 1) == 40
-    assert j.counters["unmatched_outcomes"] == 1
+    assert j.counters["early_dropped"] == 1
     assert len(j) == 0 and j.counters["expired"] == 50
     assert j.stats["exp"].exposures["a"] == 80  # contributions stay
     assert j.outcome("u79", "revenue", 2.0, 150.0) == 0
@@ -197,16 +197,18 @@ def test_outcomes_before_their_exposure_wait_and_match_exactly():
     waiting = len(shuffled._early)
     assert waiting == 200          # only the strangers' outcomes still wait
     shuffled.expire(now=100.0 + shuffled.early_horizon_s + 1)
-    assert len(shuffled._early) == 0 and shuffled.counters["unmatched_outcomes"] == 200
+    assert len(shuffled._early) == 0 and shuffled.counters["early_dropped"] == 200
+    c = shuffled.counters   # unmatched on arrival = matched later + given up
+    assert c["unmatched_outcomes"] == c["early_matched"] + c["early_dropped"]
 
 
 def test_waiting_outcomes_are_bounded():
     j = OutcomeJoiner(CFG, max_early=10)
     for i in range(25):
         j.outcome(f"u{i}", "revenue", 1.0, float(i))
-    assert len(j._early) == 10 and j.counters["unmatched_outcomes"] == 15   # the oldest go first
+    assert len(j._early) == 10 and j.counters["early_dropped"] == 15   # the oldest go first
     assert j.expose("exp", "a", "u24", 20.0) and j.stats["exp"].moments("revenue", "a").sum == 1.0
     assert j.expose("exp", "a", "u0", 0.0) and j.stats["exp"].moments("revenue", "a").sum == 1.0
     off = OutcomeJoiner(CFG, max_early=0)
     off.outcome("u", "revenue", 1.0, 0.0)
-    assert off.counters["unmatched_outcomes"] == 1 and not off._early
+    assert off.counters["unmatched_outcomes"] == 1 and not off._early and not off.counters["early_outcomes"]

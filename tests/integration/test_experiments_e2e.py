@@ -255,16 +255,16 @@ def test_ab_lift_significant_aa_not_and_report(kafka_bootstrap, unique_name, tmp
     arms = {(e, v): tally.experiments[(e, v)] for e, v in
             [("checkout", "control"), ("checkout", "treatment"), ("aa", "a"), ("aa", "b")]}
     try:
-        # Exposures first, outcomes once every exposure is joined: the join stage matches an outcome
-        # only to a unit it has already seen exposed (outcomes arrive from another service, later).
-        send(kafka_bootstrap, config, [m for m in messages if m.topic_kind != "outcome"])
+        # Predictions (exposures) and outcomes interleaved as the app emits them: they travel
+        # through different topics, so an outcome often reaches the join stage before its unit's
+        # exposure; it must wait for it, not be lost.
+        send(kafka_bootstrap, config, messages)
 
         def units_in(s) -> bool:
             return all(metric(s, "prodlens_experiment_units", experiment=e, variant=v, metric="conversion")
                        == arm.units for (e, v), arm in arms.items())
 
         wait_for(lambda: units_in(worker.metrics()), timeout=60, what="every exposed unit counted")
-        send(kafka_bootstrap, config, [m for m in messages if m.topic_kind == "outcome"])
 
         def converted(s) -> bool:
             return units_in(s) and all(
