@@ -40,7 +40,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prodlens.analysis.alerting import sinks_from_config
 from prodlens.analysis.processor import AnalysisProcessor
 from prodlens.alerts.sinks import Dispatcher
-from prodlens.config import Config
+from prodlens.config import Config, parse_duration
 from prodlens.joins import JoinProcessor
 from prodlens.metrics import DELAY_BUCKETS, BulkHistogram, DispatcherCollector, PipelineCollector, StageCollector
 from prodlens.pipeline import Outputs, PartitionProcessor
@@ -59,6 +59,8 @@ class PartitionRuntime:
     processor: PartitionProcessor | JoinProcessor | AnalysisProcessor
     unsnapshotted: list[asyncio.Future] = field(default_factory=list)
     dirty: bool = False
+    last_snapshot: float = 0.0   # monotonic time of the last snapshot
+    snapshot_every: float = 0.0  # seconds between snapshots of this partition
     # Set while the outputs of a processed message are being queued: a snapshot taken then
     # would cover a message whose outputs it does not wait for, so snapshots wait it out.
     # (A counter, not an asyncio.Lock: the per-message path must not touch the event loop.)
@@ -87,6 +89,9 @@ class Pipeline:
         self.stage_kinds = {**self.kinds, config.topics.joins: "join", config.topics.summaries: "analysis"}
         self.dispatcher = Dispatcher(sinks_from_config(config))
         self._last_refresh = 0.0
+        # A join partition's snapshot holds every waiting prediction (O(pending), not O(keys)):
+        # write it less often than the others; a restart replays at most this much of the joins topic.
+        self.join_checkpoint_interval = parse_duration(config.quality.get("checkpoint_interval", "30s"))
         self.partitions: dict[tuple[str, int], PartitionRuntime] = {}
         self.delays = {topic: BulkHistogram(DELAY_BUCKETS) for topic in self.kinds}
         self.ready = asyncio.Event()
@@ -213,11 +218,13 @@ class Pipeline:
         state = runtime.processor.to_dict()
         covers, runtime.unsnapshotted = runtime.unsnapshotted, []
         runtime.dirty = False
+        runtime.last_snapshot = time.monotonic()
         await self._snapshots.write(state, covers)
 
-    async def checkpoint_all(self) -> None:
+    async def checkpoint_all(self, force: bool = False) -> None:
+        now = time.monotonic()
         for runtime in list(self.partitions.values()):
-            if runtime.dirty:
+            if runtime.dirty and (force or now - runtime.last_snapshot >= runtime.snapshot_every):
                 try:
                     await self.checkpoint(runtime)
                 except Exception as exc:
@@ -252,7 +259,8 @@ class Pipeline:
                 processor.restore(state)
                 self.snapshots_restored += 1
                 rewind[_tp(topic, partition)] = processor.replay_from
-            self.partitions[(topic, partition)] = PartitionRuntime(processor)
+            runtime = self.partitions[(topic, partition)] = PartitionRuntime(processor)
+            runtime.snapshot_every = self.join_checkpoint_interval if isinstance(processor, JoinProcessor) else 0.0
         if rewind:
             # faust's perform_seek (right after this signal) seeks to the committed offsets.
             await consumer._commit(rewind)
@@ -282,7 +290,7 @@ class Pipeline:
                                   tp.topic, tp.partition)
 
     async def _on_shutdown(self, sender, **kwargs) -> None:
-        await self.checkpoint_all()
+        await self.checkpoint_all(force=True)
         if self._producer is not None:
             await self._producer.stop()
             await self._snapshots.stop()

@@ -57,9 +57,9 @@ NOT_YET_PRODUCED: frozenset[str] = frozenset()
 NOT_YET_PRODUCED_VALUE = "not-yet-produced"
 
 
-def awaited(expr: str) -> set[str]:
-    """The NOT_YET_PRODUCED metrics a PromQL expression queries."""
-    return set(re.findall(r"\b(prodlens_\w+)", expr)) & NOT_YET_PRODUCED
+def awaited(expr: str, among: frozenset[str] | None = None) -> set[str]:
+    """The NOT_YET_PRODUCED metrics (or those of ``among``) a PromQL expression queries."""
+    return set(re.findall(r"\b(prodlens_\w+)", expr)) & (NOT_YET_PRODUCED if among is None else among)
 
 
 pytestmark = [pytest.mark.broker, pytest.mark.skipif(
@@ -99,7 +99,7 @@ class Live:
 WINDOW = 10.0
 RATE = 100.0
 PHASES = (40.0, 40.0)          # seconds of event time per phase; the app follows the canary in between
-DRIFT_AFTER = 40.0             # eta's distance_km shifts from here on (after 3 warm-up windows)
+DRIFT_AFTER = 40.0             # churn's tenure_months shifts from here on (after 3 warm-up windows)
 DEGRADED = {"device": "ios"}   # churn v1 (and its shadow v3) fail here
 
 
@@ -108,14 +108,14 @@ def scenario(t0: float) -> Scenario:
                               label_share=0.8, delay_median=20.0, delay_sigma=1.0, max_delay=600.0,
                               signal_delay_median=5.0, rating_share=0.2)
     return Scenario(
-        batch=20, malformed_share=0.05, duplicate_share=0.02,
+        batch=20, malformed_share=0.05, duplicate_share=0.02, truth_window=WINDOW,
         feedback={"churn": every_kind,
                   "intent": FeedbackSpec(kinds=("label", "complaint", "rating"), label_share=0.6,
                                          delay_median=20.0, delay_sigma=1.0, max_delay=600.0),
                   "eta": FeedbackSpec(kinds=("label", "correction", "complaint"), label_share=0.6,
                                       delay_median=20.0, delay_sigma=1.0, max_delay=600.0)},
         degrade={"model": "churn", "version": "v1", "segment": DEGRADED, "accuracy": 0.2, "after": t0},
-        drift={"model": "eta", "feature": "distance_km", "shift": 8.0, "after": t0 + DRIFT_AFTER},
+        drift={"model": "churn", "feature": "tenure_months", "shift": 8.0, "after": t0 + DRIFT_AFTER},
         canaries={"churn": CanarySpec(baseline="v1", canary="v2", share=0.1)},
         shadows=[ShadowSpec("churn", primary="v1", shadow="v3", disagreement=0.1),
                  ShadowSpec("eta", primary="v1", shadow="v3", disagreement=0.1, tolerance=1.0)],
@@ -137,12 +137,14 @@ def sections(t0: float) -> dict:
         quality={"window": "10s", "horizon": "1h", "grace": "1m", "views": ["1m", "1h"], "settle": "1s",
                  "min_n": 10},
         drift={"settle": "1s", "min_samples": 50, "detectors": {"warmup": 3},
-               "models": {"churn": {"reference": {"version": "v1"}}}},   # eta: a training reference file
+               # churn v1 against its training reference (file), v2 and v3 against v1's same window
+               "models": {"churn": {"reference": {"version": "v1"}}}},
         experiments={
             "canaries": {"churn_v2": {
                 "model": "churn", "baseline": "v1", "canary": "v2", "steps": [0.1, 0.3, 0.6, 1.0],
                 "min_duration": "10s", "metrics": [{"name": "error_rate", "tolerance": 0.5}],
-                "latency": {"quantile": 0.95, "tolerance": 1.5, "min_samples": 50}, "evaluate_every": "1s"}},
+                "latency": {"quantile": 0.95, "tolerance": 1.5, "min_samples": 50},
+                "min_samples_for_rollback": 30, "evaluate_every": "1s"}},
             "ab": {"checkout": {
                 "model": "intent", "variants": {"control": 0.5, "treatment": 0.5}, "evaluate_every": "1s",
                 "metrics": [{"name": "conversion", "aggregation": "any"}, {"name": "revenue", "aggregation": "sum"}]}},
@@ -159,27 +161,30 @@ def sections(t0: float) -> dict:
 
 
 def training_reference(tmp: Path, config_path: Path, t0: float) -> None:
-    """eta's drift baseline the way a user makes one: training data (stationary simulated eta
+    """churn's drift baseline the way a user makes one: training data (stationary simulated churn
     predictions, as CSV) summarised by `prodlens reference build`, then named in the config.
 
-    Not a frozen window range (drift.models.eta.reference.window): DriftAnalyser._maybe_freeze
+    Not a frozen window range (drift.models.churn.reference.window): DriftAnalyser._maybe_freeze
     merges the in-range windows of EVERY model into the reference and raises, which crashes the
     worker (reported; prodlens/analysis/drift.py:441)."""
     config = load(config_path)
-    app = SimulatedApp(config, seed=99, scenario=Scenario.stationary(models=("eta",), batch=1))
+    model = config.models["churn"]
+    app = SimulatedApp(config, seed=99, scenario=Scenario.stationary(models=("churn",), batch=1))
     events = [orjson.loads(m.value) for m in app.messages(3000, start=t0 - 3600, rate=RATE)
               if m.topic_kind == "prediction"]
-    data = tmp / "eta-training.csv"
+    data = tmp / "churn-training.csv"
     with data.open("w", newline="") as f:
         out = csv.writer(f)
-        out.writerow([*config.models["eta"].features, "city", "output.value"])
-        out.writerows([*e["features"].values(), e["segment"]["city"], e["output"]["value"]] for e in events)
-    reference = tmp / "eta.reference.json"
-    subprocess.run([sys.executable, "-m", "prodlens.cli", "reference", "build", str(data), "--model", "eta",
+        out.writerow([*model.features, *model.segments, "output.score", "output.label"])
+        for e in events:
+            features = [str(v).lower() if isinstance(v, bool) else v for v in e["features"].values()]
+            out.writerow([*features, *e["segment"].values(), e["output"]["score"], e["output"]["label"]])
+    reference = tmp / "churn.reference.json"
+    subprocess.run([sys.executable, "-m", "prodlens.cli", "reference", "build", str(data), "--model", "churn",
                     "--config", str(config_path), "--out", str(reference)], check=True, cwd=REPO,
                    stdout=subprocess.DEVNULL)
     spec = yaml.safe_load(config_path.read_text())
-    spec["models"]["eta"]["reference"] = str(reference)
+    spec["models"]["churn"]["reference"] = str(reference)
     config_path.write_text(yaml.safe_dump(spec))
 
 
@@ -197,8 +202,8 @@ def dashboard_metrics() -> set[str]:
 def live(kafka_bootstrap, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stack")
     prefix = f"t{uuid.uuid4().hex[:10]}"
-    # Window-aligned event time a few minutes back, so the frozen reference range is whole windows.
-    t0 = math.floor((time.time() - 300) / WINDOW) * WINDOW
+    # Window-aligned event time: the 80 s of traffic end a little before now.
+    t0 = math.floor((time.time() - 100) / WINDOW) * WINDOW
     path = make_config(tmp, prefix, **sections(t0))
     training_reference(tmp, path, t0)
     config = load(path)
@@ -423,8 +428,9 @@ def test_tier_two_covers_only_contract_metrics():
     files = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(files)
     assert NOT_YET_PRODUCED <= set(files.CONTRACT_METRICS) | set(files.REPORT_METRICS)
-    assert awaited('max by (v) (prodlens_quality_upper{a="b"}) < on (v) prodlens_window_predictions') == \
-        {"prodlens_quality_upper"}
+    among = frozenset({"prodlens_quality_upper", "prodlens_quality"})
+    assert awaited('max by (v) (prodlens_quality_upper{a="b"}) < on (v) prodlens_window_predictions',
+                   among) == {"prodlens_quality_upper"}
 
 
 def test_variables_offer_what_the_pipeline_saw(live):
@@ -465,6 +471,58 @@ def test_panels_agree_with_the_simulator(live):
     alerts = instant("Alerts pending or firing")
     assert {(a["metric"]["alertname"], a["metric"]["topic"]) for a in alerts} == \
         {("ProdlensDeadLettersHigh", live.config.topics.predictions)}
+
+
+def test_degraded_segment_and_stage_panels_agree_with_the_simulator(live):
+    """The Model dashboard's Degraded table at its default variables (churn, every version and
+    segment, accuracy) lists the (version, segment) the simulator degraded, with the accuracy and
+    label count of the latest complete quality window; shadow pairs and A/B exposures are exact."""
+    model = json.loads((REPO / "grafana" / "dashboards" / "model.json").read_text())
+    name, values = substitutions(live, model)[0]
+    assert name == "default" and values["model"] == "churn" and values["metric"] == "accuracy"
+    table = next(p for p in model["panels"] if p["title"].startswith("Degraded (version, segment)"))
+
+    def column(ref: str) -> dict[tuple[str, str], float]:
+        target = next(t for t in table["targets"] if t["refId"] == ref)
+        body = live.run(interpolate(target["expr"], values), True, 1)
+        assert body["status"] == "success", body
+        return {(r["metric"]["version"], r["metric"]["segment"]): float(r["value"][1]) for r in body["data"]["result"]}
+
+    accuracy, labelled = column("A"), column("F")
+    degraded = {(v, "device=ios") for v in ("v1", "v3")}   # v3 shadows v1: same truth, same failure
+    assert degraded <= set(accuracy), accuracy
+    assert not {(v, s) for v, s in accuracy if v in ("v1", "v3") and s != "device=ios"}, accuracy
+    # The latest complete window: the one before the window of the newest prediction.
+    newest = max(start for (m, _, _, start) in live.tally.quality if m == "churn")
+    for version, segment in degraded:
+        truth = live.tally.truth("churn", version, {"device": "ios"}, since=newest - WINDOW, until=newest)
+        assert labelled[(version, segment)] == truth.labelled
+        assert accuracy[(version, segment)] == pytest.approx(truth.labelled_correct / truth.labelled)
+        assert accuracy[(version, segment)] < 0.5
+
+    overview = {p["title"]: p for p in json.loads((REPO / "grafana" / "dashboards" / "overview.json")
+                                                   .read_text())["panels"]}
+    base = builtins(live)
+
+    def instant(panel: dict, expr: str | None = None) -> list[dict]:
+        body = live.run(interpolate(expr or panel["targets"][0]["expr"], base), True, 1)
+        assert body["status"] == "success", body
+        return body["data"]["result"]
+
+    assert float(instant(overview["Degraded segments"])[0]["value"][1]) >= len(degraded)
+    firing = {r["metric"]["alertname"] for r in instant(overview["prodlens alerts firing by rule"])
+              if float(r["value"][1]) > 0}
+    assert firing >= {"AccuracyLow", "InvariantViolated", "FeatureDrift"}
+    experiments = {p["title"]: p for p in json.loads((REPO / "grafana" / "dashboards" / "experiments.json")
+                                                      .read_text())["panels"]}
+    pairs = {(r["metric"]["model"], r["metric"]["segment"]): float(r["value"][1])
+             for r in instant(experiments["Shadow pairs compared"])}
+    for shadowed in ("churn", "eta"):
+        assert pairs[(shadowed, "__all__")] == live.tally.shadow_pairs(shadowed)[0]
+    exposures = {r["metric"]["variant"]: float(r["value"][1]) for r in instant(
+        experiments["Exposures by variant"], experiments["Exposures by variant"]["targets"][0]["expr"]
+        .replace("$experiment", "checkout"))}
+    assert exposures == {v: arm.units for (e, v), arm in live.tally.experiments.items() if e == "checkout"}
 
 
 def test_shipped_rule_files_load_and_evaluate(live):
