@@ -278,9 +278,19 @@ class LadderRun:
         return max(marks) if marks else None
 
     def _started(self, start: float) -> None:
+        start = float(start)
         if self.start_window is None:
-            self.start_window = self.step_window = float(start)
-            self.ladder.start(float(start))
+            self.start_window = self.step_window = start
+            self.ladder.start(start)
+        elif start < self.start_window:
+            # Partials of different windows arrive in any order (several join / ingest partitions):
+            # the ladder's data start is the EARLIEST canary window, whichever came first.
+            if self.ladder.step == 0 and self.step_window == self.start_window:
+                self.step_window = start
+                if self.ladder.step_started_at == self.ladder.started_at:
+                    self.ladder.step_started_at = start
+            self.ladder.started_at = min(self.ladder.started_at, start)
+            self.start_window = start
 
     def evaluate(self) -> Decision | None:
         if self.start_window is None or self.done:

@@ -394,3 +394,24 @@ def test_ladder_gauges_only_from_the_partition_that_sees_the_model():
     status = {s.labels["status"]: s.value for s in owner.samples() if s.name == "prodlens_canary_status"}
     assert status["pending"] == 1.0   # the placeholder: explicitly no decision yet
     assert not [s for s in idle.samples() if s.name.startswith("prodlens_canary_")]
+
+
+def test_ladder_starts_at_the_earliest_canary_window_whatever_arrives_first():
+    """Two join partitions publish their windows in any order: a canary window that arrives after a
+    later one still counts, and so does the baseline's data of that window."""
+    a = ExperimentAnalyser(make_config(canary={}))
+
+    def put(version, w, n, errors, source="prodlens.joins:0"):
+        a.update(b"churn", {"type": "quality_partial", "source": source, "seq": w, "model": "churn",
+                            "version": version, "segment": "country=US", "window_start": T0 + 60 * w,
+                            "window_end": T0 + 60 * w + 60, "state": quality_state(n, errors)}, T0)
+
+    put("v2", 1, 200, 20, source="prodlens.joins:1")   # the later window first
+    put("v1", 1, 2000, 200, source="prodlens.joins:1")
+    put("v2", 0, 300, 30)
+    put("v1", 0, 3000, 300)
+    run = a.ladders["churn_v2"]
+    assert run.start_window == T0 and run.step_window == T0 and run.ladder.step_started_at == T0
+    (topic, key, decision), = [m for m in a.tick(T0 + 10) if m[0] == a.config.topics.decisions]
+    (m,) = decision["metrics"]
+    assert (m["baseline_n"], m["canary_n"]) == (5000, 500)

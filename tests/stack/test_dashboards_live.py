@@ -250,10 +250,21 @@ def live(kafka_bootstrap, tmp_path_factory):
         wanted = dashboard_metrics() - NOT_YET_PRODUCED
         wait_for(lambda: not wanted - {r["metric"]["__name__"] for r in prometheus.query(
             "count by (__name__) ({__name__=~\"prodlens_.+\"})")}, timeout=60,
-            what=f"every dashboard metric in prometheus")
+            what="every dashboard metric in prometheus")
         rules = {r["name"] for r in config.alerts["rules"]}
         wait_for(lambda: {r["metric"]["alertname"] for r in prometheus.query("prodlens_alerts_firing > 0")} >= rules,
                  timeout=30, what="every prodlens alert rule firing")
+        settled = {'sum(prodlens_shadow_pairs{segment="__all__"})': tally.shadow_pairs()[0],
+                   "sum(prodlens_experiment_exposures)": sum(arm.units for arm in tally.experiments.values())}
+        newest = max(start for (m, _, _, start) in tally.quality if m == "churn")
+        for version in ("v1", "v3"):   # the labels of the degraded segment's latest complete window
+            selector = (f'model="churn", version="{version}", segment="device=ios", metric="accuracy", '
+                        'class="", view="window"')
+            settled[f"sum(prodlens_quality_n{{{selector}}})"] = tally.truth(
+                "churn", version, DEGRADED, since=newest - WINDOW, until=newest).labelled
+        # The join and analysis stages run behind ingest: wait until their results cover all traffic.
+        wait_for(lambda: all(value(q) == n for q, n in settled.items()), timeout=30,
+                 what=f"the join and analysis stages to cover all traffic: {settled}")
         time.sleep(3 * SCRAPE_INTERVAL)  # a few scrapes of the settled state
         yield Live(prometheus, start, time.time(), tally, config)
     finally:
