@@ -24,6 +24,7 @@ out is Kafka's consumer-group job.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 import tempfile
@@ -77,6 +78,10 @@ class Pipeline:
     def __init__(self, config: Config, bootstrap: str, *, metrics_port: int | None = None,
                  metrics_host: str | None = None, idle_close: float | None = None,
                  datadir: str | None = None, loglevel: str = "warn"):
+        # The join keeps hundreds of thousands of small objects alive (waiting predictions): with
+        # the default thresholds the cyclic GC rescans them constantly (measured 1.6x slower joins).
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
         self.config = config
         self.bootstrap = bootstrap
         self.metrics_host = metrics_host or config.metrics.host

@@ -263,8 +263,15 @@ def live(kafka_bootstrap, tmp_path_factory):
             settled[f"sum(prodlens_quality_n{{{selector}}})"] = tally.truth(
                 "churn", version, DEGRADED, since=newest - WINDOW, until=newest).labelled
         # The join and analysis stages run behind ingest: wait until their results cover all traffic.
-        wait_for(lambda: all(value(q) == n for q, n in settled.items()), timeout=30,
-                 what=f"the join and analysis stages to cover all traffic: {settled}")
+        seen: dict = {}
+
+        def covered() -> bool:
+            seen.update((q, value(q)) for q in settled)
+            return seen == settled
+        try:
+            wait_for(covered, timeout=30, what="the join and analysis stages to cover all traffic")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}: expected {settled}, prometheus has {seen}") from None
         time.sleep(3 * SCRAPE_INTERVAL)  # a few scrapes of the settled state
         yield Live(prometheus, start, time.time(), tally, config)
     finally:
