@@ -438,7 +438,7 @@ class DriftAnalyser:
         md = self.settings.models[model]
         if md.window is None or model in self.frozen or newest_due < md.window[1]:
             return
-        windows = [w for k in self.store.keys() if self._in_range(md, k)
+        windows = [w for k in self.store.keys() if k[0] == model and self._in_range(md, k)
                    for w in [self._merged(k, all_view=False)] if w is not None]
         built = self.building.pop(model, None)
         count = len(windows) + (built[1] if built else 0)

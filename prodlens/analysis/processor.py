@@ -24,10 +24,12 @@ restarted worker restores it from the state topic and replays exactly.
 from __future__ import annotations
 
 import base64
+import logging
 import time
 from typing import Any, Iterable
 
 import orjson
+from prometheus_client.core import CounterMetricFamily
 
 from ..config import Config
 from ..pipeline import Outputs
@@ -36,6 +38,8 @@ from .drift import DriftAnalyser
 from .experiments import ExperimentAnalyser
 from .invariants import InvariantAnalyser
 from .quality import QualityAnalyser
+
+log = logging.getLogger("prodlens.analysis")
 
 ANALYSERS = {"quality": QualityAnalyser, "drift": DriftAnalyser, "experiments": ExperimentAnalyser,
              "invariants": InvariantAnalyser}
@@ -53,6 +57,7 @@ def metric_catalogue() -> dict[str, tuple[str, ...]]:
     catalogue: dict[str, tuple[str, ...]] = {}
     for module in (quality, drift, experiments, invariants, alerting):
         catalogue.update(module.METRICS)
+    catalogue["prodlens_analysis_errors_total"] = ("analyser",)
     return catalogue
 
 
@@ -109,8 +114,14 @@ class AnalysisProcessor:
     def tick(self, now: float) -> Outputs:
         """Evaluate what is due, then the alert rules over the resulting metrics."""
         out = Outputs()
-        for analyser in self.analysers.values():
-            out.messages.extend(analyser.tick(now))
+        for name, analyser in self.analysers.items():
+            try:
+                out.messages.extend(analyser.tick(now))
+            except Exception:
+                # One analyser's bug must not stop the others (nor the worker): count it, log it
+                # with its traceback, and carry on; its state is unchanged for the next tick.
+                self.counters[f"tick_errors_{name}"] = self.counters.get(f"tick_errors_{name}", 0) + 1
+                log.exception("analysis %s of %s:%s failed this tick", name, self.topic, self.partition)
         emits, events = self.alerting.evaluate(now, list(self._analyser_metrics()))
         out.messages.extend(emits)
         out.alert_events.extend(events)
@@ -133,6 +144,11 @@ class AnalysisProcessor:
     def collect(self) -> Iterable:
         yield from self._analyser_metrics()
         yield from self.alerting.collect()
+        errors = CounterMetricFamily("prodlens_analysis_errors", "Ticks in which an analyser failed "
+                                     "(see the worker log)", labels=["analyser"])
+        for name in self.analysers:
+            errors.add_metric([name], self.counters.get(f"tick_errors_{name}", 0))
+        yield errors
 
     # -- snapshots -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -357,6 +357,9 @@ class QualityAnalyser:
     def __init__(self, config: Config, references: Mapping[tuple[str, str], CBPEReference] | None = None):
         self.config = config
         self.settings = QualitySettings.parse(config.quality)
+        self.refresh_every = parse_duration(config.quality.get("refresh_every", "5s"))
+        self._stale: set[str] = set()                 # models whose metrics wait for a refresh
+        self._refreshed: dict[str, float] = {}        # model -> processing time of its last refresh
         self.specs = model_specs(config)
         self._refs: dict[str, CBPEReference] = {}    # interned CBPE references
         refs = load_cbpe_references(config) if references is None else references
@@ -516,8 +519,14 @@ class QualityAnalyser:
                 rec = self._record((model, version, ALL, start), state, max(len(self.store.partials[k]) for k in keys))
                 emits.append((self.topic, model.encode(), rec))
         touched |= self._expire()
-        # the cutoff T - L is per model: refresh every version of a model that changed
-        models = {m for m, _ in touched}
+        # the cutoff T - L is per model: refresh every version of a model that changed, at most
+        # every `quality.refresh_every` seconds: a refresh re-evaluates every view of every
+        # segment (milliseconds each), and a busy model changes on every tick
+        self._stale |= {m for m, _ in touched}
+        models = {m for m in self._stale if now - self._refreshed.get(m, -math.inf) >= self.refresh_every}
+        self._stale -= models
+        for model in models:
+            self._refreshed[model] = now
         for mv in sorted({mv for mv in {*self._by_version, *self._exports} if mv[0] in models}):
             self._refresh(*mv)
         return emits
