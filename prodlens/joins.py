@@ -532,11 +532,15 @@ class JoinProcessor:
             kind = record.get("kind")
             if kind not in RECORD_KINDS:
                 raise ValueError(f"kind: expected one of {RECORD_KINDS}, got {kind!r}")
-            if self._replayed(record, kind):
-                return out
             columns = record.get("columns")
             if not isinstance(columns, dict) or not isinstance(columns.get("timestamp"), list):
                 raise ValueError("columns: must be an object with a timestamp list")
+            if isinstance(columns.get("offset"), list):
+                columns = self._unapplied(record, kind, columns)
+                if columns is None:
+                    return out
+            elif self._replayed(record, kind):
+                return out
             n = len(columns["timestamp"])
             if n:
                 getattr(self, "_" + kind)(columns, n, out, raw, offset)
@@ -545,6 +549,20 @@ class JoinProcessor:
             self.counters["bad_records"] += 1
             self._deadletter(out, raw, offset, exc, now)
         return out
+
+    def _unapplied(self, record: dict, kind: str, columns: dict) -> dict | None:
+        """The rows of a batched record whose input offset is above the mark of its (source,
+        kind): a restarted ingest re-sends rows in batches that need not match the first ones,
+        so the check is per row. None when every row was applied before."""
+        offsets = columns["offset"]
+        mark = f"{record.get('source')}|{kind}"
+        last = self.upstream.get(mark)
+        keep = list(range(len(offsets))) if last is None else [i for i, o in enumerate(offsets) if o > last]
+        if not keep:
+            self.counters["replayed_records"] += 1
+            return None
+        self.upstream[mark] = max(offsets[i] for i in keep)
+        return columns if len(keep) == len(offsets) else take(columns, keep)
 
     def _replayed(self, record: dict, kind: str) -> bool:
         """True for a record its ingest source already delivered (same source, kind, seq or lower):

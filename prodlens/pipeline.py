@@ -388,6 +388,7 @@ class PartitionProcessor:
         out = Outputs(closed=self.advance_idle(now, self.idle_after))
         if out.closed and self.invariants is not None:
             self._close_invariants(out, self.watermark)
+        out.messages.extend(self.router.flush())
         out.messages.extend(self.ready)
         self.ready = []
         return out
@@ -417,6 +418,7 @@ class PartitionProcessor:
             "sketches": [[*k, s.to_dict()] for k, s in self.sketches.items()],
             "samplers": [[*k, s.to_dict()] for k, s in self.samplers.items()],
             "sample_rates": [[*k, v] for k, v in self.sample_rates.items()],
+            "join_buffers": self.router.to_dict(),
             "invariants": self.invariants.to_dict() if self.invariants is not None else None,
             "last_closed": [[w.model, w.version, w.segment, w.start, w.summary.to_dict()]
                             for w in self.last_closed.values()],
@@ -440,6 +442,7 @@ class PartitionProcessor:
         self.sketches = {(m, v, start): FieldSketches.from_dict(d) for m, v, start, d in state.get("sketches", ())}
         self.samplers = {(m, v, start): WindowSampler.from_dict(d) for m, v, start, d in state.get("samplers", ())}
         self.sample_rates = {(m, v, seg): r for m, v, seg, r in state.get("sample_rates", ())}
+        self.router.restore(state.get("join_buffers", []))
         if self.invariants is not None and state.get("invariants"):
             self.invariants = InvariantEvaluator.from_dict(
                 state["invariants"], parse_invariants_section(self.config.invariants, self.config.models),

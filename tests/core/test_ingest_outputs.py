@@ -37,7 +37,9 @@ def test_predictions_are_rekeyed_by_prediction_id_and_unit_with_folded_labels():
     p = PartitionProcessor(CONFIG, "prodlens.predictions", 0, "prediction")
     events = [prediction(i, 100.0 + i, "US" if i % 4 else "DE", "exp1" if i < 4 else None) for i in range(12)]
     out = p.process(envelope(events), offset=0, now=200.0)
-    joins = [m for m in out.messages if m[0] == CONFIG.topics.joins]
+    assert not [m for m in out.messages if m[0] == CONFIG.topics.joins]   # buffered ...
+    joins = [m for m in p.tick(201.0).messages if m[0] == CONFIG.topics.joins]  # ... until the tick
+    assert joins
     seen = {}
     for topic, key, record, partition in joins:
         cols = record["columns"]
@@ -57,10 +59,25 @@ def test_predictions_are_rekeyed_by_prediction_id_and_unit_with_folded_labels():
 def test_feedback_is_rekeyed_by_prediction_id():
     p = PartitionProcessor(CONFIG, "prodlens.feedback", 1, "feedback")
     raw = orjson.dumps({"event_id": "f1", "prediction_id": "p42", "timestamp": 5, "kind": "label", "value": "churn"})
-    out = p.process(raw, offset=0, now=6.0)
-    [(topic, key, record, partition)] = out.messages
+    p.process(raw, offset=0, now=6.0)
+    [(topic, key, record, partition)] = p.tick(6.5).messages
     assert (topic, partition, record["kind"]) == (CONFIG.topics.joins, partition_of("p42", 3), "feedback")
     assert record["columns"]["value"] == ["churn"] and record["source"] == "prodlens.feedback:1"
+    assert record["columns"]["offset"] == [0]
+
+
+def test_join_batches_are_cut_by_size_and_survive_a_snapshot():
+    p = PartitionProcessor(CONFIG, "prodlens.feedback", 0, "feedback")
+    p.router.flush_rows = 3
+    emitted = []
+    for i in range(4):
+        raw = orjson.dumps({"event_id": f"f{i}", "prediction_id": "p42", "timestamp": 5 + i, "kind": "label",
+                            "value": "churn"})
+        emitted += p.process(raw, offset=i, now=10.0).messages
+    assert [r["columns"]["offset"] for _, _, r, _ in emitted] == [[0, 1, 2]]
+    restored = PartitionProcessor(CONFIG, "prodlens.feedback", 0, "feedback")
+    restored.restore(orjson.loads(orjson.dumps(p.to_dict())))
+    assert [r["columns"]["offset"] for _, _, r, _ in restored.tick(11.0).messages] == [[3]]
 
 
 def test_closed_windows_carry_sketches_and_samples_with_a_rare_segment_represented():
@@ -111,3 +128,36 @@ def test_stage_collector_sums_identical_series_across_partitions():
     families = {f.name: f for f in StageCollector(lambda: [Fake(1), Fake(2)]).collect()}
     assert [s.value for s in families["prodlens_feedback_orphaned"].samples] == [3]
     assert [s.value for s in families["prodlens_join_pending_predictions"].samples] == [30]
+
+
+def test_join_applies_each_rebatched_row_once():
+    """A restarted ingest re-sends rows in other batches: the join counts each row once."""
+    from prodlens.joins import JoinProcessor
+
+    ingest = PartitionProcessor(CONFIG, "prodlens.predictions", 0, "prediction")
+    ingest.process(envelope([prediction(i, 100.0 + i, "US") for i in range(6)]), offset=0, now=200.0)
+    messages = [m for m in ingest.tick(201.0).messages if m[2].get("kind") == "prediction"]
+    owned = messages[0][3]
+    join = JoinProcessor(CONFIG, CONFIG.topics.joins, owned)
+    offset = 0
+    pids = []
+    for _, _, record, partition in messages:
+        if partition == owned:   # a join processor sees only its own partition
+            join.process(orjson.dumps(record), offset, now=201.0)
+            pids += record["columns"]["prediction_id"]
+            offset += 1
+    assert pids
+
+    def feedback(offsets):
+        cols = {"prediction_id": [pids[o % len(pids)] for o in offsets], "timestamp": [300.0] * len(offsets),
+                "kind": ["label"] * len(offsets), "value": ["churn"] * len(offsets),
+                "size": [None] * len(offsets), "corrected": [None] * len(offsets),
+                "model": [None] * len(offsets), "offset": list(offsets)}
+        return orjson.dumps({"kind": "feedback", "source": "prodlens.feedback:0", "seq": offsets[-1],
+                             "columns": cols})
+
+    for batch in ([0, 1, 2], [1, 2, 3, 4], [4, 5]):   # the 2nd and 3rd overlap what came before
+        join.process(feedback(batch), offset, now=301.0)
+        offset += 1
+    joined = {f.name: f for f in join.collect()}["prodlens_feedback_joined"]
+    assert sum(s.value for s in joined.samples) == 6
