@@ -141,7 +141,7 @@ def sections(t0: float) -> dict:
     models["churn"]["segments"] = {"device": models["churn"]["segments"]["device"]}
     return dict(
         models=models,
-        quality={"window": "10s", "horizon": "1h", "grace": "1m", "views": ["1m", "1h"], "settle": "1s",
+        quality={"window": "10s", "horizon": "1h", "grace": "10m", "views": ["1m", "1h"], "settle": "1s",
                  "min_n": 10},
         drift={"settle": "1s", "min_samples": 50, "detectors": {"warmup": 3},
                # churn v1 against its training reference (file), the canary v2 against v1's same window
