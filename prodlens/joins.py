@@ -50,7 +50,6 @@ from the realised calibration error of labelled windows.
 
 from __future__ import annotations
 
-import base64
 import math
 import sys
 import time
@@ -67,7 +66,7 @@ from .experiments.config import parse_experiments
 from .experiments.outcomes import OutcomeJoiner
 from .experiments.shadow import CLASSIFICATION, REGRESSION, ShadowStats
 from .invariants import AgreementCheck, InvariantEvaluator, parse_invariants_section
-from .pipeline import Emit, Outputs
+from .pipeline import Emit, Outputs, message_deadletter
 from .quality.cbpe import CBPEReference
 from .quality.classification import label_key
 from .quality.join import KIND_BITS, ORPHAN_REASONS, FeedbackJoin, Matches, window_start
@@ -581,11 +580,8 @@ class JoinProcessor:
         return False
 
     def _deadletter(self, out: Outputs, raw: bytes, offset: int, exc: Exception, now: float | None) -> None:
-        record = {"reason": "schema_violation", "error": f"{type(exc).__name__}: {exc}",
-                  "source": {"topic": self.topic, "partition": self.partition, "offset": offset, "index": None},
-                  "original_b64": base64.b64encode(raw).decode(), "event": None,
-                  "rejected_at": time.time() if now is None else now}
-        out.deadletters.append((f"{self.topic}:{self.partition}:{offset}:-".encode(), record))
+        out.deadletters.append(message_deadletter(self.topic, self.partition, offset, "schema_violation",
+                                                  f"{type(exc).__name__}: {exc}", raw, now))
 
     def _prediction(self, columns: dict, n: int, out: Outputs, raw: bytes, offset: int) -> None:
         pids = _column(columns, "prediction_id", n, True)

@@ -75,16 +75,18 @@ class Outputs:
     messages: list[Emit] = field(default_factory=list)  # other stage outputs: (topic, key, record[, partition])
     alert_events: list = field(default_factory=list)    # alerts.state.AlertEvent, for the sink dispatcher
 
-    def extend(self, other: "Outputs") -> "Outputs":
-        self.deadletters.extend(other.deadletters)
-        self.closed.extend(other.closed)
-        self.delays.extend(other.delays)
-        self.messages.extend(other.messages)
-        self.alert_events.extend(other.alert_events)
-        return self
-
     def __bool__(self) -> bool:
         return bool(self.deadletters or self.closed or self.messages or self.alert_events)
+
+
+def message_deadletter(topic: str, partition: int, offset: int, reason: str, error: str,
+                       raw: bytes | None, now: float | None = None) -> tuple[bytes, dict]:
+    """The dead-letter (key, record) of a whole message (schemas/deadletter.v1.json), for any stage."""
+    key = f"{topic}:{partition}:{offset}:-".encode()
+    return key, {"reason": reason, "error": error,
+                 "source": {"topic": topic, "partition": partition, "offset": offset, "index": None},
+                 "original_b64": base64.b64encode(raw).decode() if raw is not None else None,
+                 "event": None, "rejected_at": time.time() if now is None else now}
 
 
 class PartitionProcessor:

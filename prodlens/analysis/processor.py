@@ -23,7 +23,6 @@ restarted worker restores it from the state topic and replays exactly.
 
 from __future__ import annotations
 
-import base64
 import logging
 import time
 from typing import Any, Iterable
@@ -32,7 +31,7 @@ import orjson
 from prometheus_client.core import CounterMetricFamily
 
 from ..config import Config
-from ..pipeline import Outputs
+from ..pipeline import Outputs, message_deadletter
 from .alerting import AlertingAnalyser
 from .drift import DriftAnalyser
 from .experiments import ExperimentAnalyser
@@ -129,12 +128,7 @@ class AnalysisProcessor:
 
     def _reject(self, out: Outputs, raw: bytes | None, offset: int, reason: str, error: str) -> None:
         self.counters["malformed"] += 1
-        key = f"{self.topic}:{self.partition}:{offset}:-".encode()
-        out.deadletters.append((key, {
-            "reason": reason, "error": error,
-            "source": {"topic": self.topic, "partition": self.partition, "offset": offset, "index": None},
-            "original_b64": base64.b64encode(raw).decode() if raw is not None else None,
-            "event": None, "rejected_at": time.time()}))
+        out.deadletters.append(message_deadletter(self.topic, self.partition, offset, reason, error, raw))
 
     # -- metrics ---------------------------------------------------------------------------------
     def _analyser_metrics(self) -> Iterable:
