@@ -1,3 +1,4 @@
+import copy
 import json
 from pathlib import Path
 

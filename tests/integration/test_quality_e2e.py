@@ -139,7 +139,9 @@ def test_late_labels_update_their_window_and_survive_a_kill(kafka_bootstrap, uni
     wait_for(lambda: metric(worker.metrics(), "prodlens_feedback_joined_total", model="churn") >= len(first),
              what="first labels joined")
     time.sleep(2.5)  # a checkpoint of every stage covers the first third
-    producer = threading.Thread(target=send, args=(kafka_bootstrap, config, rest))
+    # Paced in small batches (one producer each) so the kill lands while labels are still arriving.
+    paced = lambda: [send(kafka_bootstrap, config, rest[i:i + 20]) for i in range(0, len(rest), 20)]  # noqa: E731
+    producer = threading.Thread(target=paced)
     producer.start()
     at_kill = wait_for(lambda: (c := metric(worker.metrics(), "prodlens_feedback_joined_total", model="churn"))
                        > len(first) and c, interval=0.02, what="the rest of the labels flowing")
