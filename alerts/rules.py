@@ -78,7 +78,9 @@ LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 METRIC_NAME = re.compile(r"^[A-Za-z_:][A-Za-z0-9_:]*$")
 RESERVED_LABELS = ("alertname", "severity")
 
-# The metrics prodlens exports (name -> label names). Only used to validate rules at start.
+# The ingest stage's and the alert engine's metrics (name -> label names); the join and analysis
+# stages declare their own (``prodlens.validation.metric_catalogue`` merges them all). Only used
+# to validate rules at start.
 DEFAULT_CATALOGUE: dict[str, tuple[str, ...]] = {
     "prodlens_window_predictions": ("model", "version", "segment"),
     "prodlens_predictions_total": ("model", "version", "segment"),
@@ -86,32 +88,6 @@ DEFAULT_CATALOGUE: dict[str, tuple[str, ...]] = {
     "prodlens_window_feature_missing_ratio": ("model", "version", "segment", "feature"),
     "prodlens_events_consumed_total": ("topic",),
     "prodlens_events_rejected_total": ("topic", "reason"),
-    # analysis stage (stages.md "Metric names"; alert rules of the pipeline engine see these)
-    **{name: ("model", "version", "segment", "metric", "class", "view")
-       for name in ("prodlens_quality", "prodlens_quality_n", "prodlens_quality_lower", "prodlens_quality_upper")},
-    **{name: ("model", "version", "segment", "metric", "view")
-       for name in ("prodlens_quality_estimated", "prodlens_quality_estimated_lower",
-                    "prodlens_quality_estimated_upper")},
-    "prodlens_quality_estimate_trusted": ("model", "version"),
-    "prodlens_label_coverage_ratio": ("model", "version", "segment", "view"),
-    "prodlens_label_delay_seconds": ("model", "version", "segment", "quantile"),
-    "prodlens_quality_window_end_timestamp_seconds": ("model", "version", "segment"),
-    "prodlens_feedback_joined_total": ("model",),
-    "prodlens_feedback_orphaned_total": ("reason",),
-    "prodlens_join_pending_predictions": (),
-    "prodlens_join_early_feedback": (),
-    "prodlens_join_state_bytes": (),
-    "prodlens_drift": ("model", "version", "segment", "feature", "statistic"),
-    "prodlens_drift_verdict": ("model", "version", "segment", "feature"),
-    "prodlens_drift_flagged": ("model", "version", "segment"),
-    "prodlens_drift_events_total": ("model", "verdict"),
-    "prodlens_change_points_total": ("model", "version", "segment", "series", "detector"),
-    "prodlens_drift_window_end_timestamp_seconds": ("model", "version"),
-    "prodlens_invariant_violations_total": ("model", "version", "segment", "invariant"),
-    "prodlens_invariant_checked_total": ("model", "version", "segment", "invariant"),
-    "prodlens_invariant_violation_ratio": ("model", "version", "segment", "invariant"),
-    "prodlens_invariant_violation_ratio_n": ("model", "version", "segment", "invariant"),
-    "prodlens_invariant_value": ("model", "version", "segment", "invariant"),
     "prodlens_alerts_firing": ("alertname", "severity"),
     "prodlens_alert_transitions_total": ("alertname", "state"),
 }
@@ -730,10 +706,18 @@ def parse_rule(item: Any, index: int = 0, catalogue: Any = None, *, window: floa
     return rule
 
 
-def parse_alerts(data: Any, catalogue: Any = DEFAULT_CATALOGUE) -> AlertsSpec:
+PIPELINE_CATALOGUE: Any = object()  # parse_alerts' default: every metric of every stage
+
+
+def parse_alerts(data: Any, catalogue: Any = PIPELINE_CATALOGUE) -> AlertsSpec:
     """The ``alerts:`` section: a mapping with ``rules`` (and optional ``evaluation_interval``,
-    ``window``, ``sinks``) or just a list of rules. Pass ``catalogue=None`` to skip metric checks.
+    ``window``, ``sinks``) or just a list of rules. Rules are checked against every metric the
+    pipeline exports (:func:`prodlens.validation.metric_catalogue`) unless another ``catalogue``
+    is given; pass ``catalogue=None`` to skip metric checks.
     """
+    if catalogue is PIPELINE_CATALOGUE:
+        from ..validation import metric_catalogue  # the stages declare their metrics; they import us
+        catalogue = metric_catalogue()
     if data is None:
         return AlertsSpec()
     if isinstance(data, list):

@@ -63,6 +63,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from .config import Config, ModelConfig, parse_duration
 from .contract import take
 from .experiments.config import parse_experiments
+from .experiments.outcomes import COUNTERS as OUTCOME_COUNTERS
 from .experiments.outcomes import OutcomeJoiner
 from .experiments.shadow import CLASSIFICATION, REGRESSION, ShadowStats
 from .invariants import AgreementCheck, InvariantEvaluator, parse_invariants_section
@@ -82,6 +83,7 @@ METRICS: dict[str, tuple[str, ...]] = {
     "prodlens_join_pending_predictions": (),
     "prodlens_join_early_feedback": (),
     "prodlens_join_state_bytes": (),
+    "prodlens_experiment_outcome_events_total": ("event",),
 }
 
 
@@ -845,7 +847,7 @@ class JoinProcessor:
         shadow buffers (~400 B per entry), outcome units (~300 B each). An estimate within a
         factor of ~2, for capacity planning, not accounting."""
         total = self.join.pending.estimated_bytes()
-        total += 300 * len(self.join.early) + 6144 * len(self.quality.windows)
+        total += 300 * (len(self.join.early) + len(self.join.recent)) + 6144 * len(self.quality.windows)
         total += 400 * len(self.shadow) + 300 * len(self.outcomes) + sys.getsizeof(self.counters)
         return int(total)
 
@@ -864,6 +866,9 @@ def collect_all(processors: Sequence[JoinProcessor]) -> list:
     pending = GaugeMetricFamily("prodlens_join_pending_predictions", "Predictions waiting for feedback")
     early = GaugeMetricFamily("prodlens_join_early_feedback", "Feedback waiting for its prediction")
     size = GaugeMetricFamily("prodlens_join_state_bytes", "Estimated bytes of join state")
+    outcome_events = CounterMetricFamily("prodlens_experiment_outcome_events",
+                                         "Exposures and outcomes seen by the outcome join, by what became of them",
+                                         labels=["event"])
     by_model: dict[str, int] = {}
     by_reason = dict.fromkeys(ORPHAN_REASONS, 0)
     for p in processors:
@@ -880,4 +885,6 @@ def collect_all(processors: Sequence[JoinProcessor]) -> list:
     pending.add_metric([], sum(len(p.join.pending) for p in processors))
     early.add_metric([], sum(len(p.join.early) for p in processors))
     size.add_metric([], sum(p.state_bytes() for p in processors))
-    return [joined, orphaned, pending, early, size]
+    for event in OUTCOME_COUNTERS:
+        outcome_events.add_metric([event], sum(p.outcomes.counters.get(event, 0) for p in processors))
+    return [joined, orphaned, pending, early, size, outcome_events]

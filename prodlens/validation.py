@@ -3,20 +3,24 @@ rule stops ``prodlens run`` with a message naming it instead of failing later.""
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import CollectorRegistry
 
 from .config import Config, ConfigError
 
 
+@functools.cache
 def metric_catalogue() -> dict[str, tuple[str, ...] | None]:
     """Every metric name the pipeline exports, for validating alert rules."""
     from .alerts.rules import DEFAULT_CATALOGUE, catalogue_from_registry
     from .analysis.processor import metric_catalogue as analysis_catalogue
+    from .joins import METRICS as join_metrics
     from .metrics import PipelineCollector
 
     registry = CollectorRegistry()
     registry.register(PipelineCollector(list))
-    return {**catalogue_from_registry(registry), **DEFAULT_CATALOGUE, **analysis_catalogue()}
+    return {**catalogue_from_registry(registry), **DEFAULT_CATALOGUE, **join_metrics, **analysis_catalogue()}
 
 
 def validate_sections(config: Config) -> None:

@@ -28,7 +28,9 @@ Pieces:
 * :class:`EarlyFeedback` — feedback whose prediction has not arrived yet, held until
   the *prediction* watermark passes its timestamp + ``grace`` (the prediction
   precedes its feedback in event time, so by then it is not coming), then reported
-  as an orphan (``grace_expired``).
+  as an orphan (``grace_expired``). Matched feedback is kept as long in a second
+  buffer (``recent``), so a prediction of another version with the same id that
+  arrives after its feedback (a shadow scored late) still joins it.
 * :class:`OrphanLog` — orphan counts by reason (``unknown_prediction``: not pending,
   not remembered, and its grace already over on arrival; ``expired_prediction``;
   ``grace_expired``; ``buffer_full``) and a uniform sample of orphans (bottom-k by a
@@ -39,7 +41,7 @@ Pieces:
 Memory is bounded by ``max_entries`` waiting predictions (see
 :meth:`PendingPredictions.bytes_per_entry`; about 250 bytes each for a binary
 classifier with label and score on CPython 3.11, measured), ``max_early`` held feedback
-events and the two Bloom generations.
+events (twice: early and recent) and the two Bloom generations.
 
 Watermarks: ``advance()`` is called with event time; by default the join uses the
 largest timestamp it has seen (predictions for the early buffer; predictions and
@@ -320,6 +322,9 @@ class EarlyFeedback:
         self._seq += 1
         return True
 
+    def get(self, pid: str) -> list[tuple] | None:
+        return self._items.get(pid)
+
     def pop(self, pid: str) -> list[tuple] | None:
         records = self._items.pop(pid, None)
         if records:
@@ -466,10 +471,13 @@ class FeedbackJoin:
         self.segment_key = segment_key
         self.pending = PendingPredictions(horizon_seconds, max_pending, bucket_seconds, expired_capacity)
         self.early = EarlyFeedback(grace_seconds, max_early)
+        # Matched feedback is also kept for the grace period, so a prediction of another version
+        # with the same id (a shadow scored a little later) that arrives after it still joins it.
+        self.recent = EarlyFeedback(grace_seconds, max_early)
         self.orphans = OrphanLog(orphan_sample)
         self.prediction_watermark = -math.inf
         self.feedback_watermark = -math.inf
-        self.stats = {"feedback": 0, "matched": 0, "early_held": 0, "early_matched": 0}
+        self.stats = {"feedback": 0, "matched": 0, "early_held": 0, "early_matched": 0, "late_version_matched": 0}
 
     # -- input --------------------------------------------------------------------------------
     def add_predictions(self, columns: Mapping[str, Sequence]) -> Matches:
@@ -481,17 +489,29 @@ class FeedbackJoin:
         models, versions = columns["model"], columns["version"]
         labels = segment_labels(columns, self.segment_key)
         outputs = columns["output"]
+        pending, early, recent = self.pending, self.early, self.recent
         for i, pid in enumerate(pids):
-            entry = self.pending.make_entry(times[i], models[i], versions[i], labels[i], outputs[i])
-            stored = self.pending.add(pid, entry)
-            if stored is not None and self.early.size:
-                waiting = self.early.pop(pid)
+            entry = pending.make_entry(times[i], models[i], versions[i], labels[i], outputs[i])
+            chained = recent.size and pid in pending
+            stored = pending.add(pid, entry)
+            if times[i] > self.prediction_watermark:
+                self.prediction_watermark = float(times[i])
+            if stored is None:
+                continue
+            if chained:
+                joined = recent.get(pid)
+                if joined:
+                    self.stats["late_version_matched"] += len(joined)
+                    for rec in joined:
+                        self._emit(out, pid, stored, rec)
+            if early.size:
+                waiting = early.pop(pid)
                 if waiting:
                     self.stats["early_matched"] += len(waiting)
                     for rec in waiting:
                         self._emit(out, pid, stored, rec)
-            if times[i] > self.prediction_watermark:
-                self.prediction_watermark = float(times[i])
+                        if recent.grace:
+                            recent.add(pid, rec)
         return out
 
     def add_feedback(self, columns: Mapping[str, Sequence]) -> Matches:
@@ -512,6 +532,8 @@ class FeedbackJoin:
             if head is not None:
                 for e in head.chain():
                     self._emit(out, pid, e, rec)
+                if self.recent.grace:
+                    self.recent.add(pid, rec)
             else:
                 unmatched.append((pid, rec))
             if rec[0] > self.feedback_watermark:
@@ -568,13 +590,14 @@ class FeedbackJoin:
         expired = self.pending.advance(wm) if math.isfinite(wm) else 0
         early_wm = self.prediction_watermark if watermark is None else watermark
         orphaned = self.early.expire(early_wm)
+        self.recent.expire(early_wm)
         for pid, rec in orphaned:
             self.orphans.record("grace_expired", pid, rec[0], rec[1], rec[2])
         return {"expired_predictions": expired, "grace_expired": len(orphaned)}
 
     def to_dict(self) -> dict:
         return {"window_seconds": self.window_seconds, "pending": self.pending.to_dict(),
-                "early": self.early.to_dict(), "orphans": self.orphans.to_dict(),
+                "early": self.early.to_dict(), "recent": self.recent.to_dict(), "orphans": self.orphans.to_dict(),
                 "prediction_watermark": None if self.prediction_watermark == -math.inf else self.prediction_watermark,
                 "feedback_watermark": None if self.feedback_watermark == -math.inf else self.feedback_watermark,
                 "stats": dict(self.stats)}
@@ -584,9 +607,11 @@ class FeedbackJoin:
         j = cls(1.0, window_seconds=d["window_seconds"], segment_key=segment_key)
         j.pending = PendingPredictions.from_dict(d["pending"])
         j.early = EarlyFeedback.from_dict(d["early"])
+        if "recent" in d:
+            j.recent = EarlyFeedback.from_dict(d["recent"])
         j.orphans = OrphanLog.from_dict(d["orphans"])
         pw, fw = d["prediction_watermark"], d["feedback_watermark"]
         j.prediction_watermark = -math.inf if pw is None else float(pw)
         j.feedback_watermark = -math.inf if fw is None else float(fw)
-        j.stats = {k: int(v) for k, v in d["stats"].items()}
+        j.stats.update({k: int(v) for k, v in d["stats"].items()})
         return j

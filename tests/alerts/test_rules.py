@@ -9,7 +9,8 @@ import yaml
 
 from prodlens.alerts import rules as rules_mod
 from prodlens.alerts.durations import format_duration, parse_duration
-from prodlens.alerts.rules import (DEFAULT_CATALOGUE, AlertConfigError, Matcher, Sample, catalogue_from_registry,
+from prodlens.validation import metric_catalogue
+from prodlens.alerts.rules import (AlertConfigError, Matcher, Sample, catalogue_from_registry,
                                    parse_alerts, render_template, samples_from_registry)
 
 BASE = {"name": "AccuracyLow", "metric": "prodlens_quality", "condition": "below", "threshold": 0.8}
@@ -91,7 +92,7 @@ def test_engine_is_independent_of_the_catalogue():
     spec = parse_alerts([{**BASE, "metric": "my_custom_metric"}], catalogue={"my_custom_metric": ["x"]})
     with pytest.raises(AlertConfigError, match="unknown metric"):
         parse_alerts([BASE], catalogue=["my_custom_metric"])
-    assert "prodlens_invariant_violations_total" in DEFAULT_CATALOGUE
+    assert "prodlens_invariant_violations_total" in metric_catalogue()
 
 
 def test_matchers_follow_prometheus_semantics():
@@ -144,7 +145,7 @@ def test_catalogue_from_a_registry_validates_rules_on_everything_exported():
     Gauge("prodlens_window_class_ratio", "r", ["model", "class"], registry=reg).labels("churn", "yes").set(0.3)
     Counter("prodlens_events_valid", "v", ["topic"], registry=reg)
     Histogram("prodlens_processing_delay_seconds", "d", registry=reg)
-    cat = {**DEFAULT_CATALOGUE, **catalogue_from_registry(reg)}
+    cat = {**metric_catalogue(), **catalogue_from_registry(reg)}
     assert cat["prodlens_window_class_ratio"] == ("class", "model")
     assert cat["prodlens_events_valid_total"] is None  # no samples yet: labels unknown
     assert "prodlens_processing_delay_seconds_bucket" in cat

@@ -215,7 +215,7 @@ def test_documented_yaml_example_is_valid():
     text = mod.__doc__.split("prodlens.yaml; rules in")[1].split("::", 1)[1].split("The alerts topic")[0]
     section = yaml.safe_load(textwrap.dedent(text))["alerts"]
     cfg = load_config(data={"models": {"churn": {"output": "binary"}}, "alerts": section})
-    from prodlens.alerts.rules import DEFAULT_CATALOGUE, parse_alerts
-    assert len(parse_alerts(section, catalogue=DEFAULT_CATALOGUE).rules) == 3
+    from prodlens.alerts.rules import parse_alerts
+    assert len(parse_alerts(section).rules) == 3
     env = {"PRODLENS_WEBHOOK_URL": "https://h.example.com", "PRODLENS_WEBHOOK_SECRET": "x"}
     assert [s.name for s in sinks_from_config(cfg, env=env)] == ["log", "webhook", "alertmanager"]

@@ -96,6 +96,22 @@ def test_shadow_chain_and_duplicates():
     assert m.version == ["v1", "v2-shadow"] and m.first_truth == [True, True]
 
 
+
+def test_shadow_prediction_after_its_feedback_still_joins_within_grace():
+    j = FeedbackJoin(DAY, grace_seconds=60)
+    j.add_predictions(preds(["p1", "p2"], [10, 10], version="v1"))
+    assert j.add_feedback(fb(["p1", "p2"], [12, 12], values="b")).version == ["v1", "v1"]
+    m = j.add_predictions(preds(["p1"], [11], version="v2-shadow"))  # scored after the click
+    assert m.version == ["v2-shadow"] and m.value == ["b"] and m.first_truth == [True]
+    assert j.stats["late_version_matched"] == 1
+    assert not j.add_predictions(preds(["p1"], [11], version="v2-shadow")).version  # redelivery: nothing twice
+    j = FeedbackJoin.from_dict(json.loads(json.dumps(j.to_dict())))  # survives a checkpoint
+    j.add_predictions(preds(["p9"], [200], version="v1"))  # the prediction watermark passes 12 + 60
+    j.advance()
+    assert not j.add_predictions(preds(["p2"], [11], version="v2-shadow")).version  # past the grace
+    assert j.orphans.total == 0 and len(j.recent) == 0
+
+
 def _stream(seed, n=400):
     rng = np.random.default_rng(seed)
     events = []
