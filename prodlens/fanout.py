@@ -78,16 +78,16 @@ class JoinRouter:
              extra: dict[str, list] | None = None, positions: dict[int, int] | None = None) -> list[JoinEmit]:
         out: list[JoinEmit] = []
         for partition, rows in sorted(by_partition.items()):
-            cols = take(columns, rows)
-            if extra:
-                for name, values in extra.items():
-                    cols[name] = [values[positions[i]] for i in rows]
-            cols["offset"] = [offset] * len(rows)
             buffer = self.buffers.get((kind, partition))
             if buffer is None:
-                buffer = self.buffers[(kind, partition)] = cols
+                buffer = self.buffers[(kind, partition)] = take(columns, rows)
+                buffer["offset"] = []
             else:
-                _extend(buffer, cols)
+                _append_rows(buffer, columns, rows)
+            if extra:
+                for name, values in extra.items():
+                    buffer.setdefault(name, []).extend([values[positions[i]] for i in rows])
+            buffer["offset"].extend([offset] * len(rows))
             if len(buffer["offset"]) >= self.flush_rows:
                 out.append(self._record(kind, partition))
         return out
@@ -134,16 +134,20 @@ class JoinRouter:
         self.buffers = {(kind, partition): cols for kind, partition, cols in state}
 
 
-def _extend(buffer: dict[str, Any], cols: dict[str, Any]) -> None:
-    """Append ``cols`` to ``buffer`` (canonical columns; nested members absent on one side are None)."""
-    n, m = len(buffer["offset"]), len(cols["offset"])
-    for name, col in cols.items():
-        if isinstance(col, dict):
+def _append_rows(buffer: dict[str, Any], columns: dict[str, Any], rows: Sequence[int]) -> None:
+    """Append ``rows`` of ``columns`` to ``buffer`` (canonical columns, same plain fields; nested
+    members absent on one side are None). ``buffer["offset"]`` still has the old length."""
+    n, m = len(buffer["offset"]), len(rows)
+    for name, col in columns.items():
+        if type(col) is dict:
             nested = buffer.setdefault(name, {})
             for key, values in col.items():
-                nested.setdefault(key, [None] * n).extend(values)
-            for key, values in nested.items():
+                target = nested.get(key)
+                if target is None:
+                    target = nested[key] = [None] * n
+                target.extend([values[i] for i in rows])
+            for values in nested.values():
                 if len(values) < n + m:
                     values.extend([None] * (n + m - len(values)))
         else:
-            buffer[name].extend(col)
+            buffer[name].extend([col[i] for i in rows])

@@ -29,9 +29,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .columnar import prediction_columns
 from .config import Config
 from .config import ModelConfig
-from .contract import DUPLICATE, LATE, Decoder, Rejection, row_of, rows_to_columns, take
+from .contract import DUPLICATE, LATE, Decoder, Rejection, row_of, take
 from .dedupe import EventIdDeduper
 from .fanout import JoinRouter
 from .invariants import InvariantEvaluator, parse_invariants_section
@@ -212,7 +213,7 @@ class PartitionProcessor:
                start)
         self._window(key).add_event(event, self.features[model])
         self.totals[key[:3]] = self.totals.get(key[:3], 0) + 1
-        self._downstream(out, rows_to_columns("prediction", [event]), {key: [0]}, offset)
+        self._downstream(out, prediction_columns(event), {key: [0]}, offset)
         out.closed.extend(self.close_windows())
 
     def _late(self, out: Outputs, ts: float, start: float, watermark: float, index: int | None,

@@ -62,16 +62,11 @@ class WindowSampler:
         self.priority = PrioritySampler(interesting, seed=seed + 1) if interesting else None
 
     def offer(self, columns: dict[str, Any], rows: Sequence[int], segments: Sequence[str]) -> None:
-        self.reservoir.update_many(rows, segments)
-        for segment in set(segments):
-            stratum = self.reservoir.strata.get(segment)
-            if stratum is not None:
-                stratum.entries = [(k, row_of(columns, item) if type(item) is int else item)
-                                   for k, item in stratum.entries]
+        def keep(i: int) -> dict[str, Any]:
+            return row_of(columns, i)
+        self.reservoir.update_many(rows, segments, keep)
         if self.priority is not None:
-            self.priority.update_many(rows, uncertainty(columns, rows))
-            self.priority._heap = [(p, n, w, row_of(columns, item) if type(item) is int else item)
-                                   for p, n, w, item in self.priority._heap]
+            self.priority.update_many(rows, uncertainty(columns, rows), keep)
 
     def rates(self) -> dict[str, float]:
         """Inclusion probability of the reservoir per segment (1.0 = every event kept)."""

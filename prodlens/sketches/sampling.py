@@ -10,6 +10,11 @@ stratum was kept independently with probability ``tau``: ``inclusion_probability
 re-weights the sample to the stratum's traffic (unbiased, as for bottom-k sketches with the
 (k+1)-th key as threshold; Cohen & Kaplan 2007). Shrinking an allocation evicts the largest
 keys and lowers ``tau``, which keeps the invariant, so allocations can change at any time.
+Allocations are applied when an update adds an entry to the sample (so memory stays within
+the cap plus one batch) and, without changing the state, when the sample is read: a stratum
+holding more than its current allocation shows its ``alloc`` smallest keys and the next key
+as ``tau``. Updates that keep nothing (the common case once a window is full) cost O(1) per
+event instead of a reallocation over all strata.
 
 :class:`PrioritySampler` — priority sampling of "interesting" events (Duffield, Lund &
 Thorup 2007): event i with weight ``w_i > 0`` (a caller-given priority: loss, invalid,
@@ -33,7 +38,8 @@ again a valid threshold sample of the union. Memory is bounded by the cap (plus 
 from __future__ import annotations
 
 import heapq
-from typing import Any, Hashable, Iterable, Mapping, Sequence
+import math
+from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -73,9 +79,20 @@ class _Stratum:
 
     def shrink(self, size: int) -> None:
         if len(self.entries) > size:
-            self.entries.sort(key=lambda e: e[0])
+            self.entries.sort(key=_first)
             self.tau = min(self.tau, self.entries[size][0])
             del self.entries[size:]
+
+    def view(self, size: int) -> tuple[list[tuple[float, Any]], float]:
+        """(entries in key order, tau) as :meth:`shrink` would leave them, without changing anything."""
+        entries = sorted(self.entries, key=_first)
+        if len(entries) > size:
+            return entries[:size], min(self.tau, entries[size][0])
+        return entries, self.tau
+
+
+def _first(entry: tuple) -> Any:
+    return entry[0]
 
 
 def allocate(seen: Mapping[Hashable, int], capacity: int, quota: int) -> dict[Hashable, int]:
@@ -118,26 +135,41 @@ class StratifiedReservoir:
         self.min_per_stratum = int(min_per_stratum)
         self.rng = np.random.default_rng(seed)
         self.strata: dict[Hashable, _Stratum] = {}
+        self._seen = 0
+        self._alloc: dict[Hashable, int] | None = None   # allocation for the current counts (reads)
 
     def update(self, item: Any, stratum: Hashable) -> None:
         self.update_many([item], [stratum])
 
-    def update_many(self, items: Sequence[Any], strata: Sequence[Hashable]) -> None:
-        """Offer a batch of items, ``strata[i]`` naming the stratum of ``items[i]``."""
+    def update_many(self, items: Sequence[Any], strata: Sequence[Hashable],
+                    keep: Callable[[Any], Any] | None = None) -> None:
+        """Offer a batch of items, ``strata[i]`` naming the stratum of ``items[i]``; ``keep(item)``,
+        if given, is what is stored for an item that enters the sample (called only for those)."""
         if len(items) != len(strata):
             raise ValueError(f"strata: has {len(strata)} values, items has {len(items)}")
-        keys = self.rng.random(len(items))
-        for item, stratum, key in zip(items, strata, keys.tolist()):
+        keys = self.rng.random(len(items)) if len(items) != 1 else (self.rng.random(),)
+        added = False
+        for item, stratum, key in zip(items, strata, keys):
             st = self.strata.get(stratum)
             if st is None:
                 st = self.strata[stratum] = _Stratum()
             st.seen += 1
             if key < st.tau:
-                st.entries.append((key, item))
-        self._rebalance()
+                st.entries.append((float(key), item if keep is None else keep(item)))
+                added = True
+        self._seen += len(items)
+        self._alloc = None
+        if added and self._seen > self.capacity:  # below the cap every event is kept
+            self._rebalance()
+
+    def _allocation(self) -> dict[Hashable, int]:
+        if self._alloc is None:
+            self._alloc = allocate({s: st.seen for s, st in self.strata.items()}, self.capacity,
+                                   self.min_per_stratum)
+        return self._alloc
 
     def _rebalance(self) -> None:
-        alloc = allocate({s: st.seen for s, st in self.strata.items()}, self.capacity, self.min_per_stratum)
+        alloc = self._allocation()
         for s, st in self.strata.items():
             st.shrink(alloc[s])
 
@@ -150,6 +182,8 @@ class StratifiedReservoir:
             st.seen += ost.seen
             st.tau = min(st.tau, ost.tau)
             st.entries = [e for e in st.entries + ost.entries if e[0] < st.tau]
+        self._seen += other._seen
+        self._alloc = None
         self._rebalance()
         return self
 
@@ -159,11 +193,11 @@ class StratifiedReservoir:
         if stratum is None:
             return [item for s in sorted(self.strata, key=repr) for item in self.samples(s)]
         st = self.strata.get(stratum)
-        return [item for _, item in sorted(st.entries, key=lambda e: e[0])] if st else []
+        return [item for _, item in st.view(self._allocation()[stratum])[0]] if st else []
 
     def inclusion_probability(self, stratum: Hashable) -> float:
         st = self.strata.get(stratum)
-        return st.tau if st else 1.0
+        return st.view(self._allocation()[stratum])[1] if st else 1.0
 
     def weight(self, stratum: Hashable) -> float:
         """Horvitz-Thompson weight of each sampled item of the stratum (1 / tau)."""
@@ -171,11 +205,13 @@ class StratifiedReservoir:
 
     def rates(self) -> dict[Hashable, dict[str, float]]:
         """Per stratum: events seen, sampled, and the inclusion probability (for metrics)."""
-        return {s: {"seen": st.seen, "sampled": len(st.entries), "inclusion_probability": st.tau}
-                for s, st in self.strata.items()}
+        alloc = self._allocation()
+        return {s: {"seen": st.seen, "sampled": min(len(st.entries), alloc[s]),
+                    "inclusion_probability": st.view(alloc[s])[1]} for s, st in self.strata.items()}
 
     def __len__(self) -> int:
-        return sum(len(st.entries) for st in self.strata.values())
+        alloc = self._allocation()
+        return sum(min(len(st.entries), alloc[s]) for s, st in self.strata.items())
 
     # -- state ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -196,6 +232,7 @@ class StratifiedReservoir:
                 raise ValueError(f"strata[{entry['stratum']!r}].keys: length differs from items")
             st.entries = list(zip((float(k) for k in entry["keys"]), entry["items"]))
             r.strata[_key_in(entry["stratum"])] = st
+            r._seen += st.seen
         return r
 
 
@@ -216,22 +253,26 @@ class PrioritySampler:
     def update(self, item: Any, weight: float) -> None:
         self.update_many([item], [weight])
 
-    def update_many(self, items: Sequence[Any], weights: Sequence[float] | np.ndarray) -> None:
-        w = np.asarray(weights, dtype=np.float64)
-        if w.shape != (len(items),):
-            raise ValueError(f"weights: has {w.size} values, items has {len(items)}")
-        u = 1.0 - self.rng.random(len(items))       # (0, 1]
-        ok = np.isfinite(w) & (w > 0)
-        self.seen += int(ok.sum())
-        self.skipped += int((~ok).sum())
-        priority = np.where(ok, w / u, 0.0)
-        heap = self._heap
-        for i in np.flatnonzero(ok).tolist():
-            p = float(priority[i])
-            if len(heap) < self.k:
-                heapq.heappush(heap, (p, self._seq, float(w[i]), items[i]))
+    def update_many(self, items: Sequence[Any], weights: Sequence[float] | np.ndarray,
+                    keep: Callable[[Any], Any] | None = None) -> None:
+        """Offer a batch; ``keep(item)``, if given, is what is stored for an item that enters the
+        sample (called only for those)."""
+        n = len(items)
+        if len(weights) != n:
+            raise ValueError(f"weights: has {len(weights)} values, items has {n}")
+        uniforms = self.rng.random(n).tolist() if n != 1 else (self.rng.random(),)
+        heap, k = self._heap, self.k
+        for item, w, r in zip(items, weights, uniforms):
+            w = float(w)
+            if not (w > 0 and math.isfinite(w)):
+                self.skipped += 1
+                continue
+            self.seen += 1
+            p = w / (1.0 - r)       # 1 - r is uniform in (0, 1]
+            if len(heap) < k:
+                heapq.heappush(heap, (p, self._seq, w, item if keep is None else keep(item)))
             elif p > heap[0][0]:
-                out = heapq.heapreplace(heap, (p, self._seq, float(w[i]), items[i]))
+                out = heapq.heapreplace(heap, (p, self._seq, w, item if keep is None else keep(item)))
                 self.tau = max(self.tau, out[0])
             else:
                 self.tau = max(self.tau, p)
