@@ -55,13 +55,13 @@ import sys
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import orjson
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .config import Config, ModelConfig, parse_duration
-from .contract import take
+from .contract import row_of, take
 from .experiments.config import parse_experiments
 from .experiments.outcomes import COUNTERS as OUTCOME_COUNTERS
 from .experiments.outcomes import OutcomeJoiner
@@ -585,6 +585,14 @@ class JoinProcessor:
         out.deadletters.append(message_deadletter(self.topic, self.partition, offset, "schema_violation",
                                                   f"{type(exc).__name__}: {exc}", raw, now))
 
+    def _reject_feedback(self, out: Outputs, columns: dict, rows: list[int], offset: int,
+                     error: Callable[[int], str]) -> None:
+        """Dead-letter feedback rows of a joins record (``schema_violation``, the row as the event)."""
+        self.counters["invalid_feedback"] += len(rows)
+        for i in rows:
+            out.deadletters.append(message_deadletter(self.topic, self.partition, offset, "schema_violation",
+                                                      error(i), None, index=i, event=row_of(columns, i)))
+
     def _prediction(self, columns: dict, n: int, out: Outputs, raw: bytes, offset: int) -> None:
         pids = _column(columns, "prediction_id", n, True)
         times = [float(t) for t in columns["timestamp"]]
@@ -646,7 +654,11 @@ class JoinProcessor:
         kinds = _column(columns, "kind", n, True)
         times = [float(t) for t in columns["timestamp"]]
         good = [i for i in range(n) if kinds[i] in KIND_BITS and isinstance(pids[i], str)]
-        self.counters["invalid_feedback"] += n - len(good)
+        if len(good) < n:
+            kept = set(good)
+            self._reject_feedback(out, columns, [i for i in range(n) if i not in kept], offset,
+                              lambda i: f"kind: unknown feedback kind {kinds[i]!r}" if isinstance(pids[i], str)
+                              else "prediction_id: must be a string")
         if not good:
             return
         cols = {"prediction_id": [pids[i] for i in good], "timestamp": [times[i] for i in good],

@@ -81,13 +81,17 @@ class Outputs:
 
 
 def message_deadletter(topic: str, partition: int, offset: int, reason: str, error: str,
-                       raw: bytes | None, now: float | None = None) -> tuple[bytes, dict]:
-    """The dead-letter (key, record) of a whole message (schemas/deadletter.v1.json), for any stage."""
-    key = f"{topic}:{partition}:{offset}:-".encode()
+                       raw: bytes | None, now: float | None = None, index: int | None = None,
+                       event: dict[str, Any] | None = None) -> tuple[bytes, dict]:
+    """The dead-letter (key, record) of a whole message, or of event ``index`` of it (then
+    ``event`` is that event and the original bytes are left out), for any stage
+    (schemas/deadletter.v1.json)."""
+    whole = index is None
+    key = f"{topic}:{partition}:{offset}:{'-' if whole else index}".encode()
     return key, {"reason": reason, "error": error,
-                 "source": {"topic": topic, "partition": partition, "offset": offset, "index": None},
-                 "original_b64": base64.b64encode(raw).decode() if raw is not None else None,
-                 "event": None, "rejected_at": time.time() if now is None else now}
+                 "source": {"topic": topic, "partition": partition, "offset": offset, "index": index},
+                 "original_b64": base64.b64encode(raw).decode() if raw is not None and whole else None,
+                 "event": None if whole else event, "rejected_at": time.time() if now is None else now}
 
 
 class PartitionProcessor:
@@ -341,16 +345,9 @@ class PartitionProcessor:
                 count: bool = True) -> None:
         if count:
             self.rejected[rejection.reason] = self.rejected.get(rejection.reason, 0) + 1
-        record = {
-            "reason": rejection.reason, "error": rejection.error,
-            "source": {"topic": self.topic, "partition": self.partition, "offset": offset,
-                       "index": rejection.index},
-            "original_b64": base64.b64encode(raw).decode() if raw is not None and rejection.index is None else None,
-            "event": rejection.event if rejection.index is not None else None,
-            "rejected_at": time.time(),
-        }
-        key = f"{self.topic}:{self.partition}:{offset}:{rejection.index if rejection.index is not None else '-'}"
-        out.deadletters.append((key.encode(), record))
+        out.deadletters.append(message_deadletter(self.topic, self.partition, offset, rejection.reason,
+                                                  rejection.error, raw, index=rejection.index,
+                                                  event=rejection.event))
 
     # -- windows -------------------------------------------------------------------------------------
     def close_windows(self) -> list[ClosedWindow]:

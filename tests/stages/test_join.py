@@ -10,6 +10,7 @@ import pytest
 from sklearn.metrics import accuracy_score, mean_absolute_error
 
 from prodlens.config import load_config
+from prodlens.contract import validator
 from prodlens.joins import (METRICS, JoinProcessor, ShadowPairs, collect_all, comparable_output, model_spec,
                             parse_join_settings, window_quality_from_record)
 from prodlens.quality.windows import ModelSpec, merge_all
@@ -195,7 +196,7 @@ def test_orphans_by_reason_and_metrics():
                         {"prediction_id": "now", "timestamp": 10_000.0, "model": "churn", "version": "v1",
                          "label": "stay"}]))
     r.tick()  # "old" is past the 1 h horizon: expired, remembered in the Bloom filter
-    r.feed(fb_record([
+    fed = r.feed(fb_record([
         {"prediction_id": "old", "timestamp": 10_001.0, "kind": "label", "value": "stay"},       # expired
         {"prediction_id": "ghost", "timestamp": 5_000.0, "kind": "complaint"},                   # unknown
         {"prediction_id": "soon", "timestamp": 10_005.0, "kind": "label", "value": "stay"},      # held early
@@ -209,6 +210,11 @@ def test_orphans_by_reason_and_metrics():
     counts = r.p.join.orphans.counts
     assert counts == {"unknown_prediction": 1, "expired_prediction": 1, "grace_expired": 1, "buffer_full": 1}
     assert r.p.counters["invalid_feedback"] == 1
+    [(key, dead)] = fed.deadletters  # the invalid row alone, with its reason and the row itself
+    assert dead["reason"] == "schema_violation" and "unknown feedback kind 'nonsense'" in dead["error"]
+    assert dead["source"]["index"] == 5 and dead["event"]["kind"] == "nonsense" and dead["original_b64"] is None
+    assert key.endswith(b":5")
+    validator("deadletter")(dead)  # raises if the record breaks its schema
     fams = {f.name: f for f in r.p.collect()}
     assert set(METRICS) == {f.name + ("_total" if f.type == "counter" else "") for f in fams.values()}
     orphaned = {s.labels["reason"]: s.value for s in fams["prodlens_feedback_orphaned"].samples
