@@ -74,7 +74,7 @@ class JoinRouter:
                 group.append(i)
         return by_partition
 
-    def _add(self, kind: str, columns: dict[str, Any], by_partition: dict[int, list[int]], offset: int,
+    def _add(self, kind: str, columns: dict[str, Any], by_partition: dict[int, list[int]], offset: int | list[int],
              extra: dict[str, list] | None = None, positions: dict[int, int] | None = None) -> list[JoinEmit]:
         out: list[JoinEmit] = []
         for partition, rows in sorted(by_partition.items()):
@@ -87,7 +87,7 @@ class JoinRouter:
             if extra:
                 for name, values in extra.items():
                     buffer.setdefault(name, []).extend([values[positions[i]] for i in rows])
-            buffer["offset"].extend([offset] * len(rows))
+            buffer["offset"].extend([offset] * len(rows) if type(offset) is int else [offset[i] for i in rows])
             if len(buffer["offset"]) >= self.flush_rows:
                 out.append(self._record(kind, partition))
         return out
@@ -102,9 +102,10 @@ class JoinRouter:
         return [self._record(kind, partition) for kind, partition in sorted(self.buffers)]
 
     def predictions(self, columns: dict[str, Any], rows: Sequence[int], versions: Sequence[str],
-                    segments: Sequence[str], seq: int) -> list[JoinEmit]:
+                    segments: Sequence[str], seq: int | list[int]) -> list[JoinEmit]:
         """Accepted predictions ``rows`` with their folded version and segment label (one per row):
-        by prediction_id, plus exposures by unit_id for rows that carry an experiment."""
+        by prediction_id, plus exposures by unit_id for rows that carry an experiment. ``seq`` is
+        the input offset of every row, or a list of them indexed like ``columns``."""
         projected = {name: columns[name] for name in PREDICTION_FIELDS}
         output = columns["output"]
         projected["output"] = {name: output[name] for name in OUTPUT_FIELDS if name in output}

@@ -29,10 +29,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .columnar import prediction_columns
 from .config import Config
 from .config import ModelConfig
-from .contract import DUPLICATE, LATE, Decoder, Rejection, row_of, take
+from .contract import DUPLICATE, LATE, Decoder, Rejection, row_of, rows_to_columns, take
 from .dedupe import EventIdDeduper
 from .fanout import JoinRouter
 from .invariants import InvariantEvaluator, parse_invariants_section
@@ -121,7 +120,11 @@ class PartitionProcessor:
         # because a KLL update has a fixed cost that dominates small per-segment batches
         self._sketch_buffers: dict[SketchKey, SketchBuffer] = {}
         self.sample_rates: dict[Key, float] = {}   # reservoir inclusion probability, last closed window
-        self.ready: list[Emit] = []                # messages produced while closing windows
+        self.ready: list[Emit] = []                # messages produced outside a message's own steps
+        # accepted single events waiting for their downstream steps (sketches, samples,
+        # invariants, join fan-out), run on PENDING_ROWS of them at once: per-event calls of
+        # those steps cost more than the rest of the single-event path
+        self._pending: list[tuple[dict[str, Any], WindowKey, int]] = []
         specs = parse_invariants_section(config.invariants, config.models) if config.invariants else []
         self.invariants = InvariantEvaluator(specs, window_seconds=config.window.length,
                                              allowed_lateness=config.window.allowed_lateness,
@@ -145,8 +148,8 @@ class PartitionProcessor:
         """Apply one message. Messages below ``next_offset`` were applied before the last
         snapshot: they only re-enter the dedupe horizon, so counts are never doubled."""
         out = self._process(raw, offset, now)
-        if self.ready:
-            out.messages.extend(self.ready)
+        if self.ready:  # earlier rows than this message's own outputs: first
+            out.messages[:0] = self.ready
             self.ready = []
         return out
 
@@ -170,6 +173,8 @@ class PartitionProcessor:
         if decoded.single is not None:
             self._process_one(out, decoded.single, raw, offset, now)
             return out
+        if self._pending:
+            self._flush_pending()
         columns = decoded.columns
         keep: list[int] = []
         for i, event_id in enumerate(columns["event_id"]):
@@ -192,7 +197,7 @@ class PartitionProcessor:
             out.messages.extend(self.router.outcomes(columns, keep, offset))
             if self.invariants is not None:
                 self.invariants.update_columns(take(columns, keep), "outcome")
-                self._close_invariants(out, max(timestamps[i] for i in keep))
+                self._close_invariants(out.messages, max(timestamps[i] for i in keep))
         return out
 
     def _process_one(self, out: Outputs, event: dict[str, Any], raw: bytes, offset: int,
@@ -217,8 +222,23 @@ class PartitionProcessor:
                start)
         self._window(key).add_event(event, self.features[model])
         self.totals[key[:3]] = self.totals.get(key[:3], 0) + 1
-        self._downstream(out, prediction_columns(event), {key: [0]}, offset)
+        self._pending.append((event, key, offset))
+        if len(self._pending) >= PENDING_ROWS:
+            self._flush_pending()
         out.closed.extend(self.close_windows())
+
+    def _flush_pending(self) -> None:
+        """Run the downstream steps of the waiting single events, as one batch, into ``ready``."""
+        pending, self._pending = self._pending, []
+        columns = rows_to_columns("prediction", [event for event, _, _ in pending])
+        groups: dict[WindowKey, list[int]] = {}
+        for i, (_, key, _) in enumerate(pending):
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [i]
+            else:
+                group.append(i)
+        self._downstream(self.ready, columns, groups, [offset for _, _, offset in pending])
 
     def _late(self, out: Outputs, ts: float, start: float, watermark: float, index: int | None,
               event: dict[str, Any], raw: bytes, offset: int) -> bool:
@@ -276,13 +296,14 @@ class PartitionProcessor:
             self.totals[total_key] = self.totals.get(total_key, 0) + len(group)
         self.watermark = watermark
         if groups:
-            self._downstream(out, columns, groups, offset)
+            self._downstream(out.messages, columns, groups, offset)
         out.closed.extend(self.close_windows())
 
-    def _downstream(self, out: Outputs, columns: dict[str, Any], groups: dict[WindowKey, list[int]],
-                    offset: int) -> None:
+    def _downstream(self, messages: list[Emit], columns: dict[str, Any], groups: dict[WindowKey, list[int]],
+                    offset: int | list[int]) -> None:
         """What accepted predictions feed besides their window: field sketches (drift),
-        event-level invariants, and the join stage (re-keyed by prediction_id / unit_id)."""
+        event-level invariants, and the join stage (re-keyed by prediction_id / unit_id).
+        ``offset`` is the input offset of every row, or one per row of ``columns``."""
         rows: list[int] = []
         versions: list[str] = []
         segments: list[str] = []
@@ -313,8 +334,10 @@ class PartitionProcessor:
                 sampler.offer(columns, group, labels)
         if self.invariants is not None:
             self.invariants.update_columns(take(columns, rows), "prediction", segments)
-            self._close_invariants(out, self.watermark)
-        out.messages.extend(self.router.predictions(columns, rows, versions, segments, offset))
+            self._close_invariants(messages, self.watermark)
+        if len(groups) > 1:  # rows in input order: the join skips rows at or below the last offset it saw
+            rows, versions, segments = map(list, zip(*sorted(zip(rows, versions, segments))))
+        messages.extend(self.router.predictions(columns, rows, versions, segments, offset))
 
     def _flush_sketches(self, key: SketchKey | None = None) -> None:
         for k in [key] if key is not None else list(self._sketch_buffers):
@@ -326,9 +349,9 @@ class PartitionProcessor:
                 sketches = self.sketches[k] = FieldSketches(k[0], k[1], k[2], spec=self.sketch_specs[k[0]])
             sketches.update_columns(buffer.columns, buffer.labels)
 
-    def _close_invariants(self, out: Outputs, watermark: float) -> None:
+    def _close_invariants(self, messages: list[Emit], watermark: float) -> None:
         for result in self.invariants.close_windows(watermark):
-            out.messages.append((self.config.topics.summaries, result.model.encode(),
+            messages.append((self.config.topics.summaries, result.model.encode(),
                                  {"type": "invariant_window", "source": self.source, "seq": self.next_offset,
                                   **result.to_dict()}))
 
@@ -356,6 +379,8 @@ class PartitionProcessor:
         limit = self.watermark - self.lateness
         if not self.windows or limit < self._earliest_start + self.window_length:
             return closed
+        if self._pending:  # their rows belong in the sketches and samples of what closes
+            self._flush_pending()
         for key in {(m, v, start) for m, v, _, start in self.windows if start + self.window_length <= limit}:
             self._flush_sketches(key)
         for key in [k for k in self.windows if k[3] + self.window_length <= limit]:
@@ -384,13 +409,15 @@ class PartitionProcessor:
         return sorted(closed, key=lambda w: (w.start, w.model, w.version, w.segment))
 
     def tick(self, now: float) -> Outputs:
-        """Timers: close the windows of a partition that has gone quiet."""
+        """Timers: run the waiting single events' downstream steps, close the windows of a
+        partition that has gone quiet, send the buffered join rows."""
+        if self._pending:
+            self._flush_pending()
         out = Outputs(closed=self.advance_idle(now, self.idle_after))
+        out.messages, self.ready = self.ready, []
         if out.closed and self.invariants is not None:
-            self._close_invariants(out, self.watermark)
+            self._close_invariants(out.messages, self.watermark)
         out.messages.extend(self.router.flush())
-        out.messages.extend(self.ready)
-        self.ready = []
         return out
 
     def advance_idle(self, now: float, idle_after: float) -> list[ClosedWindow]:
@@ -419,6 +446,7 @@ class PartitionProcessor:
             "samplers": [[*k, s.to_dict()] for k, s in self.samplers.items()],
             "sample_rates": [[*k, v] for k, v in self.sample_rates.items()],
             "join_buffers": self.router.to_dict(),
+            "pending": [[event, list(key), offset] for event, key, offset in self._pending],
             "invariants": self.invariants.to_dict() if self.invariants is not None else None,
             "last_closed": [[w.model, w.version, w.segment, w.start, w.summary.to_dict()]
                             for w in self.last_closed.values()],
@@ -443,6 +471,7 @@ class PartitionProcessor:
         self.samplers = {(m, v, start): WindowSampler.from_dict(d) for m, v, start, d in state.get("samplers", ())}
         self.sample_rates = {(m, v, seg): r for m, v, seg, r in state.get("sample_rates", ())}
         self.router.restore(state.get("join_buffers", []))
+        self._pending = [(event, tuple(key), offset) for event, key, offset in state.get("pending", ())]
         if self.invariants is not None and state.get("invariants"):
             self.invariants = InvariantEvaluator.from_dict(
                 state["invariants"], parse_invariants_section(self.config.invariants, self.config.models),
@@ -476,6 +505,7 @@ def sketch_spec(model: ModelConfig) -> SummarySpec:
 
 
 SKETCH_FLUSH_ROWS = 4096
+PENDING_ROWS = 512
 
 
 class SketchBuffer:
