@@ -350,6 +350,8 @@ class PartitionProcessor:
             sketches.update_columns(buffer.columns, buffer.labels)
 
     def _close_invariants(self, messages: list[Emit], watermark: float) -> None:
+        if not math.isfinite(watermark):  # nothing seen yet, or a caller closing everything
+            return
         for result in self.invariants.close_windows(watermark):
             messages.append((self.config.topics.summaries, result.model.encode(),
                                  {"type": "invariant_window", "source": self.source, "seq": self.next_offset,

@@ -114,12 +114,19 @@ class SnapshotWriter:
         await self.producer.stop()
 
     async def write(self, state: dict, covers: list[asyncio.Future]) -> None:
-        """Write ``state`` once every output future in ``covers`` has been delivered."""
+        """Write ``state`` once every output future in ``covers`` has been delivered.
+
+        ``state`` is serialised here, before the first await: it shares lists and dicts with
+        the live processor (counters, buffered join rows), which the agent goes on changing
+        while the covered outputs are delivered, and a snapshot holding rows past its own
+        ``next_offset`` would apply them twice after a restart."""
+        state_json = orjson.dumps(state, option=orjson.OPT_SERIALIZE_NUMPY)
+        topic, partition = state["topic"], state["partition"]
+        del state
         if covers:
             await asyncio.gather(*covers)
-        value = await asyncio.to_thread(encode_snapshot, orjson.dumps(state, option=orjson.OPT_SERIALIZE_NUMPY))
-        await (await self.producer.send(self.state_topic, value,
-                                        key=snapshot_key(state["topic"], state["partition"]),
-                                        partition=state["partition"]))
+        value = await asyncio.to_thread(encode_snapshot, state_json)
+        await (await self.producer.send(self.state_topic, value, key=snapshot_key(topic, partition),
+                                        partition=partition))
         self.written += 1
         self.bytes += len(value)

@@ -19,7 +19,9 @@ computed exactly on the sketches' step CDFs, and each result carries its error b
 (holding with the library's 99% confidence per sketch):
 
 * KS: ``|D_sketch - D| <= eps_a + eps_b`` (single-sided rank errors; 0 for exact sketches),
-  since ``sup|F_a^ - F_b^| - sup|F_a - F_b| <= sup|F_a^ - F_a| + sup|F_b^ - F_b|``.
+  since ``sup|F_a^ - F_b^| - sup|F_a - F_b| <= sup|F_a^ - F_a| + sup|F_b^ - F_b|``. Its
+  p-value uses ``kstwo`` up to an effective n of 1000 and Stephens' corrected limiting law
+  above (:func:`ks_pvalue_large`: within 0.0042 of ``kstwo``, at a fraction of the cost).
 * Wasserstein-1: ``|W_sketch - W| <= eps_a * (max_a - min_a) + eps_b * (max_b - min_b)``
   (``W = integral |F_a - F_b| dx`` and each CDF error is confined to its sample's range).
 * PSI and JS on bins: each bin mass is within the double-sided PMF error of the sketch;
@@ -83,6 +85,23 @@ def ks_pvalue(d: float, n: float, m: float) -> float:
     if en < 1:
         return 1.0
     return float(np.clip(sps.kstwo.sf(d, en), 0.0, 1.0))
+
+
+SKETCH_KS_EXACT_UP_TO = 1000   # effective n above which sketch p-values use the limiting law
+
+
+def ks_pvalue_large(d: float, n: float, m: float) -> float:
+    """:func:`ks_pvalue` for sketches: above an effective n of 1000, Kolmogorov's limiting
+    distribution with Stephens' correction, ``kstwobign.sf(d (√en + 0.12 + 0.11/√en))``.
+    ``kstwo.sf`` costs ~3 ms at en = 5000 and ~46 ms at 1e5; the corrected limit is within
+    0.0042 of it (absolute, in p; measured over en in [1000, 1e6] and d in (0, 4/√en]),
+    well inside what the sketches' rank error (0.0133 on d) already moves the p-value."""
+    big, small = max(n, m), min(n, m)
+    en = float(np.round(big * small / (big + small)))
+    if en <= SKETCH_KS_EXACT_UP_TO:
+        return ks_pvalue(d, n, m)
+    root = math.sqrt(en)
+    return float(np.clip(sps.kstwobign.sf(d * (root + 0.12 + 0.11 / root)), 0.0, 1.0))
 
 
 # -- proportions-based statistics --------------------------------------------------------------
@@ -257,8 +276,8 @@ def ks_from_summaries(reference: NumericSummary, current: NumericSummary) -> KSR
     _, ca, cb = _union_cdfs(reference, current)
     d = float(np.max(np.abs(ca - cb)))
     bound = reference.rank_error + current.rank_error
-    p = ks_pvalue(d, reference.count, current.count)
-    conservative = ks_pvalue(max(d - bound, 0.0), reference.count, current.count) if bound else p
+    p = ks_pvalue_large(d, reference.count, current.count)
+    conservative = ks_pvalue_large(max(d - bound, 0.0), reference.count, current.count) if bound else p
     return KSResult(d, p, bound, conservative)
 
 

@@ -198,3 +198,11 @@ def test_bh_skips_nan_and_validates():
         benjamini_hochberg([0.1], 1.5)
     with pytest.raises(ValueError, match="pvalues"):
         benjamini_hochberg([1.2])
+
+
+def test_sketch_ks_pvalue_is_within_its_stated_bound_of_kstwo():
+    for n, m in ((1500, 900_000), (3000, 3000), (20_000, 50_000), (400_000, 400_000)):
+        en = round(n * m / (n + m))
+        for d in np.linspace(0.01, 4, 60) / math.sqrt(en):
+            assert abs(ds.ks_pvalue_large(d, n, m) - sps.kstwo.sf(d, en)) <= 0.0042
+    assert ds.ks_pvalue_large(0.05, 300, 900) == ds.ks_pvalue(0.05, 300, 900)  # small: exact
