@@ -498,21 +498,20 @@ class FeedbackJoin:
                 self.prediction_watermark = float(times[i])
             if stored is None:
                 continue
-            if chained:
-                joined = recent.get(pid)
-                if joined:
-                    self.stats["late_version_matched"] += len(joined)
-                    for rec in joined:
-                        self._emit(out, pid, stored, rec)
-            if early.size:
-                waiting = early.pop(pid)
-                if waiting:
-                    self.stats["early_matched"] += len(waiting)
+            if chained and (joined := recent.get(pid)):
+                self._release(out, pid, stored, joined, "late_version_matched")
+            if early.size and (waiting := early.pop(pid)):
+                self._release(out, pid, stored, waiting, "early_matched")
+                if recent.grace:
                     for rec in waiting:
-                        self._emit(out, pid, stored, rec)
-                        if recent.grace:
-                            recent.add(pid, rec)
+                        recent.add(pid, rec)
         return out
+
+    def _release(self, out: Matches, pid: str, entry: Pending, records: list[tuple], stat: str) -> None:
+        """Join feedback that arrived before ``entry`` (held early, or matched by another version)."""
+        self.stats[stat] += len(records)
+        for rec in records:
+            self._emit(out, pid, entry, rec)
 
     def add_feedback(self, columns: Mapping[str, Sequence]) -> Matches:
         """Join decoded feedback (columns prediction_id, timestamp, kind, value, size, corrected);
