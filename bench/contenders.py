@@ -8,7 +8,9 @@ last, so group-join time is excluded), events_per_s, peak_rss_mib.
 
 - raw: aiokafka getmany + orjson decoding of every message (the ceiling)
 - faust: a bare faust agent that decodes nothing and only counts (faust's floor)
-- prodlens: the real prodlens worker (validate, dedupe, window summaries, metrics)
+- prodlens: the real prodlens worker (validate, dedupe, window summaries, metrics), all stages
+- prodlens-ingest: the same worker with the ingest stage only (``prodlens run --stages ingest``;
+  the join and analysis stages run in other processes)
 - faust-process: diagnostic, the bare faust agent calling prodlens' pure processor
 - pure: raw aiokafka feeding prodlens' pure processor (no faust): the state's own memory
 """
@@ -141,7 +143,7 @@ def faust_process(topic: str, target: int, bootstrap: str) -> None:
     faust.Worker(app, loglevel="error", quiet=True, redirect_stdouts=False).execute_from_commandline()
 
 
-def prodlens_worker(topic: str, target: int, bootstrap: str) -> None:
+def prodlens_worker(topic: str, target: int, bootstrap: str, stages: tuple[str, ...] | None = None) -> None:
     import faust
 
     from prodlens.config import load_config
@@ -156,7 +158,7 @@ def prodlens_worker(topic: str, target: int, bootstrap: str) -> None:
     data["ingest"]["checkpoint_interval"] = 5.0
     data["broker"]["partitions"] = 1
     config = load_config(data=data)
-    pipeline = Pipeline(config, bootstrap, metrics_port=0)
+    pipeline = Pipeline(config, bootstrap, metrics_port=0, **({"stages": stages} if stages else {}))
     state = {"first": None}
 
     async def watch():
@@ -187,5 +189,7 @@ if __name__ == "__main__":
         faust_process(topic, target, bootstrap)
     elif mode == "prodlens":
         prodlens_worker(topic, target, bootstrap)
+    elif mode == "prodlens-ingest":
+        prodlens_worker(topic, target, bootstrap, stages=("ingest",))
     else:
         raise SystemExit(f"unknown mode {mode}")

@@ -73,7 +73,9 @@ def main() -> None:
                 ("raw aiokafka+orjson, single events", "raw", topics["single"], n),
                 ("pure core without faust, single events", "pure", topics["single"], n),
                 ("bare faust agent (count only), single", "faust", topics["single"], n),
-                ("prodlens, single events", "prodlens", topics["single"], n)]
+                ("prodlens, single events", "prodlens", topics["single"], n),
+                ("prodlens ingest stage only, single events", "prodlens-ingest", topics["single"], n),
+                ("prodlens ingest stage only, envelopes", "prodlens-ingest", topics["envelope"], n)]
         for round_ in range(1, args.repeat + 1):
             for label, mode, topic, count in contenders:
                 started = time.time()
@@ -101,6 +103,10 @@ def main() -> None:
     print(f"single:    prodlens / bare faust agent     = {single['events_per_s'] / results['bare faust agent (count only), single']['events_per_s']:.2f}"
           f"   (target: >= 0.70)")
     print(f"single:    prodlens / raw aiokafka         = {single['events_per_s'] / results['raw aiokafka+orjson, single events']['events_per_s']:.2f}")
+    ingest_single = results["prodlens ingest stage only, single events"]
+    print(f"single:    prodlens --stages ingest / bare faust = {ingest_single['events_per_s'] / results['bare faust agent (count only), single']['events_per_s']:.2f}"
+          f"   (join and analysis in other workers); envelopes: "
+          f"{results['prodlens ingest stage only, envelopes']['events_per_s']:,.0f} events/s")
     print(f"single:    pure core / bare faust agent    = {results['pure core without faust, single events']['events_per_s'] / results['bare faust agent (count only), single']['events_per_s']:.2f}"
           "   (the core alone outruns faust's per-message cost; the worker pays both)")
     print(f"peak RSS:  {n:,} events / {quarter:,} events = {env['peak_rss_mib'] / env_q['peak_rss_mib']:.2f}"

@@ -35,13 +35,19 @@ def _config(path: Optional[Path]):
 
 
 def _serve(config_path, broker, metrics_port, metrics_host, simulate, rate, batch, malformed,
-           duplicates, loglevel, broker_port):
+           duplicates, loglevel, broker_port, stages: str = "ingest,join,analysis"):
+    from .streams.app import parse_stages
     from .streams.worker import RunOptions, serve
 
+    try:
+        chosen = parse_stages(stages.split(","))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--stages") from None
     config = _config(config_path)
     options = RunOptions(bootstrap=broker, metrics_port=metrics_port, metrics_host=metrics_host,
                          simulate=simulate, rate=rate, batch=batch, malformed_share=malformed,
-                         duplicate_share=duplicates, loglevel=loglevel, broker_port=broker_port)
+                         duplicate_share=duplicates, loglevel=loglevel, broker_port=broker_port,
+                         stages=chosen)
     try:
         raise typer.Exit(serve(config, options))
     except KeyboardInterrupt:
@@ -58,10 +64,14 @@ def run(config: Optional[Path] = ConfigOpt, broker: Optional[str] = BrokerOpt,
         malformed: float = typer.Option(0.01, help="share of malformed simulated messages"),
         duplicates: float = typer.Option(0.01, help="share of duplicated simulated events"),
         loglevel: str = typer.Option("warn", help="crit | error | warn | info | debug"),
-        broker_port: int = typer.Option(0, help="port of the embedded broker (0: any free port)")):
+        broker_port: int = typer.Option(0, help="port of the embedded broker (0: any free port)"),
+        stages: str = typer.Option("ingest,join,analysis",
+                                   help="stages this worker runs, comma-separated; each set of stages is "
+                                        "its own consumer group, so e.g. `--stages ingest` and "
+                                        "`--stages join,analysis` scale in separate processes")):
     """Run the pipeline: broker (embedded unless --broker), workers, metrics endpoint."""
     _serve(config, broker, metrics_port, metrics_host, simulate, rate, batch, malformed, duplicates,
-           loglevel, broker_port)
+           loglevel, broker_port, stages)
 
 
 @app.command()

@@ -18,7 +18,12 @@ restore state exactly before faust seeks. ``/metrics`` is served from the event
 loop itself, so a scrape always sees consistent state.
 
 Several workers with the same ``ingest.group_id`` share the partitions: scaling
-out is Kafka's consumer-group job.
+out is Kafka's consumer-group job. A worker may also run only some stages
+(``stages=("ingest",)``, ``prodlens run --stages ingest``): each set of stages is
+its own consumer group (``<group_id>.<stages>``), so the ingest and the join /
+analysis stages scale, and use CPU, in separate processes. Run either workers with
+every stage or split workers on one set of topics, never both: the two groups
+would each own every partition.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import faust
 import orjson
@@ -72,12 +78,34 @@ class PartitionRuntime:
             await asyncio.sleep(0.005)
 
 
+STAGES = ("ingest", "join", "analysis")
+
+
+def parse_stages(stages: Iterable[str]) -> tuple[str, ...]:
+    """The stages a worker runs, in pipeline order; ValueError naming an unknown one.
+
+    >>> parse_stages(["analysis", "join"])
+    ('join', 'analysis')
+    """
+    chosen = {s.strip() for s in stages if s.strip()}
+    unknown = sorted(chosen - set(STAGES))
+    if unknown or not chosen:
+        problem = f"unknown {', '.join(map(repr, unknown))}" if unknown else "none given"
+        raise ValueError(f"stages: {problem}; choose from {', '.join(STAGES)}")
+    return tuple(s for s in STAGES if s in chosen)
+
+
+def group_id(base: str, stages: tuple[str, ...]) -> str:
+    """The consumer group of a worker: ``base`` with every stage, else one group per stage set."""
+    return base if stages == STAGES else f"{base}.{'+'.join(stages)}"
+
+
 class Pipeline:
     """One prodlens worker process."""
 
     def __init__(self, config: Config, bootstrap: str, *, metrics_port: int | None = None,
                  metrics_host: str | None = None, idle_close: float | None = None,
-                 datadir: str | None = None, loglevel: str = "warn"):
+                 datadir: str | None = None, loglevel: str = "warn", stages: Iterable[str] = STAGES):
         # The join keeps hundreds of thousands of small objects alive (waiting predictions): with
         # the default thresholds the cyclic GC rescans them constantly (measured 1.6x slower joins).
 
@@ -89,9 +117,12 @@ class Pipeline:
         self.idle_close = idle_close or config.window.idle_close \
             or config.window.length + config.window.allowed_lateness
         self.loglevel = loglevel
-        self.kinds = config.topics.inputs()
-        # every topic a stage consumes -> its processor kind
-        self.stage_kinds = {**self.kinds, config.topics.joins: "join", config.topics.summaries: "analysis"}
+        self.stages = parse_stages(stages)
+        self.kinds = config.topics.inputs() if "ingest" in self.stages else {}
+        # every topic a stage of this worker consumes -> its processor kind
+        self.stage_kinds = {**self.kinds,
+                            **({config.topics.joins: "join"} if "join" in self.stages else {}),
+                            **({config.topics.summaries: "analysis"} if "analysis" in self.stages else {})}
         self.dispatcher = Dispatcher(sinks_from_config(config))
         self._last_refresh = 0.0
         # A join partition's snapshot holds every waiting prediction (O(pending), not O(keys)):
@@ -120,7 +151,7 @@ class Pipeline:
         faust_tuning.apply()
         cfg = self.config
         app = faust.App(
-            cfg.ingest.group_id,
+            group_id(cfg.ingest.group_id, self.stages),
             broker=faust_broker_url(self.bootstrap),
             broker_credentials=faust_credentials(cfg.broker),
             # tansu holds a group join for half the session timeout: 10 s keeps joins near 5 s.

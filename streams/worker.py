@@ -15,7 +15,7 @@ import faust
 from prodlens.broker import EmbeddedBroker
 from prodlens.config import Config
 
-from .app import Pipeline
+from .app import STAGES, Pipeline
 from .kafka import ensure_topics
 from .producer import SimulatorRunner
 
@@ -36,6 +36,7 @@ class RunOptions:
     broker_port: int = 0
     status_every: float = 10.0
     loglevel: str = "warn"
+    stages: tuple[str, ...] = STAGES      # which stages this worker runs (prodlens run --stages)
 
 
 def _say(text: str) -> None:
@@ -57,13 +58,17 @@ def serve(config: Config, options: RunOptions) -> int:
         if created:
             _say(f"topics     created {', '.join(created)}")
         pipeline = Pipeline(config, bootstrap, metrics_port=options.metrics_port,
-                            metrics_host=options.metrics_host, loglevel=options.loglevel)
+                            metrics_host=options.metrics_host, loglevel=options.loglevel,
+                            stages=options.stages)
         t = config.topics
         _say(f"metrics    {pipeline.metrics_url}   (health: /healthz)")
         _say(f"inputs     {t.predictions}, {t.feedback}, {t.outcomes}")
         _say(f"outputs    dead letters: {t.deadletter}   window summaries: {t.summaries}   state: {t.state}")
         _say(f"models     {', '.join(config.models)}   window {config.window.length:g}s, "
              f"allowed lateness {config.window.allowed_lateness:g}s")
+        if pipeline.stages != STAGES:
+            _say(f"stages     {', '.join(pipeline.stages)} only (consumer group {pipeline.app.conf.id}); "
+                 f"run the other stages in other workers")
         if options.simulate:
             runner = SimulatorRunner(config, bootstrap, rate=options.rate, batch=options.batch,
                                      malformed_share=options.malformed_share,

@@ -44,9 +44,10 @@ def make_config(tmp_path: Path, prefix: str, **overrides) -> Path:
 class Worker:
     """``prodlens run`` as a subprocess, killable like a real deployment."""
 
-    def __init__(self, config_path: Path, bootstrap: str, log_path: Path):
+    def __init__(self, config_path: Path, bootstrap: str, log_path: Path, args: tuple[str, ...] = ()):
         self.config_path = config_path
         self.bootstrap = bootstrap
+        self.args = tuple(args)
         self.port = free_port()
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
@@ -55,7 +56,7 @@ class Worker:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "prodlens.cli", "run", "--config", str(self.config_path),
-             "--broker", self.bootstrap, "--metrics-port", str(self.port), "--loglevel", "warn"],
+             "--broker", self.bootstrap, "--metrics-port", str(self.port), "--loglevel", "warn", *self.args],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
             env=dict(os.environ, PYTHONUNBUFFERED="1"))
         deadline = time.monotonic() + timeout

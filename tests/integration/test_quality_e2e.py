@@ -329,3 +329,41 @@ def test_estimated_accuracy_matches_realized_once_labels_are_in(kafka_bootstrap,
             assert quality(samples, "prodlens_quality_estimate_trusted", model="churn", version=version) == 1.0
     finally:
         assert worker.stop() == 0, (tmp_path / "worker.log").read_text()[-3000:]
+
+
+# ---------------------------------------------------------------------------------------------------
+def test_ingest_and_join_analysis_in_separate_workers(kafka_bootstrap, unique_name, tmp_path):
+    """`prodlens run --stages ingest` and `--stages join,analysis`: two consumer groups, each
+    stage in its own process; the quality results are the same exact truth as with one worker."""
+    path, config = quality_config(kafka_bootstrap, tmp_path, unique_name)
+    ingest = Worker(path, kafka_bootstrap, tmp_path / "ingest.log", args=("--stages", "ingest")).start()
+    downstream = Worker(path, kafka_bootstrap, tmp_path / "downstream.log", args=("--stages", "join,analysis"))
+    try:
+        downstream.start()
+        scenario = Scenario(models=("churn",), batch=1, outcome_share=0.0, missing_share=0.0, truth_window=WINDOW,
+                            label_share=0.5, feedback_delay_mean=20.0)
+        app = SimulatedApp(config, seed=33, scenario=scenario)
+        messages = list(app.messages(1500, start=START, rate=75)) + list(app.drain_feedback())
+        send(kafka_bootstrap, config, sorted(messages, key=lambda m: m.timestamp))
+        tally = app.tally
+        truth = truth_by_window(tally)
+        wait_for(lambda: metric(downstream.metrics(), "prodlens_feedback_joined_total", model="churn")
+                 >= tally.feedback, what="every label joined by the join worker")
+
+        def labelled_windows():
+            got = quality_summaries(kafka_bootstrap, config)
+            return all(got.get(k, {}).get("labelled") == q.labelled for k, q in truth.items()) and got
+        got = wait_for(labelled_windows, timeout=60, what="every window's labelled n equal to the truth")
+        for key, q in truth.items():
+            assert (got[key]["predictions"], got[key]["labelled"]) == (q.n, q.labelled), key
+        ingest_samples, downstream_samples = ingest.metrics(), downstream.metrics()
+        # each process did its own stages only
+        assert metric(ingest_samples, "prodlens_events_consumed_total", topic=config.topics.predictions) == 1500
+        assert not any(name.startswith(("prodlens_feedback_joined", "prodlens_quality"))
+                       for name, _ in ingest_samples)
+        assert not any(name == "prodlens_events_consumed_total" and v for (name, _), v in downstream_samples.items())
+        assert metric(downstream_samples, "prodlens_feedback_joined_total", model="churn") == tally.feedback
+        assert "consumer group " + config.ingest.group_id + ".ingest" in (tmp_path / "ingest.log").read_text()
+    finally:
+        assert downstream.stop() == 0, (tmp_path / "downstream.log").read_text()[-3000:]
+        assert ingest.stop() == 0, (tmp_path / "ingest.log").read_text()[-3000:]
