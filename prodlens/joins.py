@@ -55,7 +55,7 @@ import sys
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import orjson
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -586,12 +586,14 @@ class JoinProcessor:
                                                   f"{type(exc).__name__}: {exc}", raw, now))
 
     def _reject_feedback(self, out: Outputs, columns: dict, rows: list[int], offset: int,
-                     error: Callable[[int], str]) -> None:
+                         kinds: list, pids: list) -> None:
         """Dead-letter feedback rows of a joins record (``schema_violation``, the row as the event)."""
         self.counters["invalid_feedback"] += len(rows)
         for i in rows:
+            error = (f"kind: unknown feedback kind {kinds[i]!r}" if isinstance(pids[i], str)
+                     else "prediction_id: must be a string")
             out.deadletters.append(message_deadletter(self.topic, self.partition, offset, "schema_violation",
-                                                      error(i), None, index=i, event=row_of(columns, i)))
+                                                      error, None, index=i, event=row_of(columns, i)))
 
     def _prediction(self, columns: dict, n: int, out: Outputs, raw: bytes, offset: int) -> None:
         pids = _column(columns, "prediction_id", n, True)
@@ -653,12 +655,10 @@ class JoinProcessor:
         pids = _column(columns, "prediction_id", n, True)
         kinds = _column(columns, "kind", n, True)
         times = [float(t) for t in columns["timestamp"]]
-        good = [i for i in range(n) if kinds[i] in KIND_BITS and isinstance(pids[i], str)]
+        valid = [kinds[i] in KIND_BITS and isinstance(pids[i], str) for i in range(n)]
+        good = [i for i in range(n) if valid[i]]
         if len(good) < n:
-            kept = set(good)
-            self._reject_feedback(out, columns, [i for i in range(n) if i not in kept], offset,
-                              lambda i: f"kind: unknown feedback kind {kinds[i]!r}" if isinstance(pids[i], str)
-                              else "prediction_id: must be a string")
+            self._reject_feedback(out, columns, [i for i in range(n) if not valid[i]], offset, kinds, pids)
         if not good:
             return
         cols = {"prediction_id": [pids[i] for i in good], "timestamp": [times[i] for i in good],

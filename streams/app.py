@@ -108,7 +108,6 @@ class Pipeline:
                  datadir: str | None = None, loglevel: str = "warn", stages: Iterable[str] = STAGES):
         # The join keeps hundreds of thousands of small objects alive (waiting predictions): with
         # the default thresholds the cyclic GC rescans them constantly (measured 1.6x slower joins).
-
         gc.set_threshold(50_000, 20, 100)
         self.config = config
         self.bootstrap = bootstrap

@@ -122,7 +122,6 @@ class SnapshotWriter:
         ``next_offset`` would apply them twice after a restart."""
         state_json = orjson.dumps(state, option=orjson.OPT_SERIALIZE_NUMPY)
         topic, partition = state["topic"], state["partition"]
-        del state
         if covers:
             await asyncio.gather(*covers)
         value = await asyncio.to_thread(encode_snapshot, state_json)
